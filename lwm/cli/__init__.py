@@ -1,0 +1,1 @@
+"""The `lwm` console script: thin argparse entry points over the library modules."""

@@ -1,0 +1,1 @@
+"""Model assembly: configs and the LLaMA/LWM transformer."""
