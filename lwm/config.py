@@ -45,7 +45,10 @@ def load_config_file(name_or_path: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"get_config() in {path} failed: {type(e).__name__}: {e}") from e
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() in {path} must return an ml_collections.ConfigDict")
     return config
@@ -129,8 +132,6 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-def load_config(
-    name_or_path: str, overrides: Sequence[str] = ()
-) -> ml_collections.ConfigDict:
+def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Loads a config file and applies overrides."""
     return apply_overrides(load_config_file(name_or_path), overrides)

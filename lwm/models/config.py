@@ -12,7 +12,7 @@ from lwm.errors import ConfigError
 
 AttentionBackend = Literal["dense", "blockwise", "ring"]
 Layout = Literal["contiguous", "zigzag", "striped"]
-RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "save_attn_out"]
+RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 OutputMode = Literal["text", "vision", "both"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -28,13 +28,13 @@ def to_dtype(name: str):
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
     backend: AttentionBackend = "dense"
-    """Attention implementation: `dense` (reference), `blockwise` (flash-style), `ring` (over `sp`)."""
+    """Implementation: `dense` (reference), `blockwise` (flash-style), `ring` (over `sp`)."""
     query_chunk_size: int = 512
     """Query block length for blockwise/ring attention (per device for ring)."""
     key_chunk_size: int = 512
     """Key/value block length for blockwise/ring attention."""
     causal_block_size: int | None = None
-    """Block-causal masking (LWM option): tokens see whole blocks of this size; None = token-causal."""
+    """Block-causal masking (LWM option): tokens see whole blocks of this size; None = causal."""
     layout: Layout = "zigzag"
     """Placement of sequence chunks over `sp` for ring attention; load-balanced by default."""
     ffn_chunk_size: int = 0
@@ -131,7 +131,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     def replace(self, **kw) -> ModelConfig:
-        """A copy with fields replaced; `attention=` accepts a dict of attention fields to change."""
+        """A copy with fields replaced; `attention=` may be a dict of attention fields to change."""
         if isinstance(kw.get("attention"), Mapping):
             kw["attention"] = dataclasses.replace(self.attention, **kw["attention"])
         return dataclasses.replace(self, **kw)

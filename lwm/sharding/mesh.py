@@ -29,7 +29,8 @@ def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int,
     if inferred:
         if num_devices % known:
             raise ConfigError(
-                f"mesh {dict(zip(MESH_AXES, shape))}: {num_devices} devices not divisible by {known}"
+                f"mesh {dict(zip(MESH_AXES, shape))}: {num_devices} devices "
+                f"not divisible by {known}"
             )
         shape[inferred[0]] = num_devices // known
     if math.prod(shape) != num_devices:
@@ -40,9 +41,7 @@ def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int,
     return tuple(shape)
 
 
-def make_mesh(
-    sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None
-) -> Mesh:
+def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over `devices` (default: all) with axes MESH_AXES; sp is the innermost axis so
     ring neighbours are adjacent devices."""
     devices = list(jax.devices() if devices is None else devices)

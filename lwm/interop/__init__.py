@@ -1,0 +1,1 @@
+"""Interoperability with other checkpoint formats (HF transformers LLaMA)."""

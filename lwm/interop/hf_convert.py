@@ -1,0 +1,168 @@
+"""`lwm convert from-hf` / `to-hf`: HF LlamaForCausalLM directories <-> lwm model checkpoints.
+
+Reading uses safetensors' numpy API one tensor at a time (no torch at run time). Outputs are written
+into a temporary sibling directory and renamed into place at the end, so a failed conversion leaves
+nothing at OUT_DIR; an existing non-empty OUT_DIR is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+from collections.abc import Iterator
+
+import numpy as np
+
+from lwm.errors import LwmError
+from lwm.interop.hf_config import model_config_from_hf, model_config_to_hf
+from lwm.interop.hf_weights import hf_tensor_names, params_from_hf, params_to_hf
+
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_NP_DTYPES = {"float32": np.float32, "bfloat16": None, "float16": np.float16}
+
+
+def _np_dtype(name: str):
+    if name not in _NP_DTYPES:
+        raise LwmError(f"unsupported dtype {name!r}; expected one of {sorted(_NP_DTYPES)}")
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return _NP_DTYPES[name]
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yields a temporary directory that becomes `out_dir` only if the block succeeds."""
+    out = pathlib.Path(out_dir).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LwmError(
+            f"output directory {out} already exists and is not empty; refusing to overwrite"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _SafetensorsDir:
+    """Lazy access to the tensors of a HF directory (single file or sharded with an index)."""
+
+    def __init__(self, hf_dir: pathlib.Path):
+        from safetensors import safe_open
+
+        index = hf_dir / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise LwmError(f"{index}: not a valid safetensors index ({e})") from None
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(p.name for p in hf_dir.glob("*.safetensors"))
+            if not files:
+                if any(hf_dir.glob("*.bin")):
+                    raise LwmError(
+                        f"{hf_dir} holds only PyTorch .bin weights; lwm reads safetensors "
+                        "(re-save with save_pretrained(safe_serialization=True))"
+                    )
+                raise LwmError(f"no *.safetensors files in {hf_dir}")
+        self._handles = {}
+        self._where: dict[str, str] = {}
+        for name in files:
+            path = hf_dir / name
+            if not path.is_file():
+                raise LwmError(f"safetensors shard {path} listed in the index is missing")
+            try:
+                handle = safe_open(str(path), framework="numpy")
+            except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
+                raise LwmError(f"cannot read {path}: {e}") from None
+            self._handles[name] = handle
+            for key in handle.keys():
+                self._where[key] = name
+
+    def keys(self) -> set[str]:
+        return set(self._where)
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._where:
+            raise LwmError(f"tensor {name} missing from the checkpoint")
+        return self._handles[self._where[name]].get_tensor(name)
+
+
+def convert_from_hf(
+    hf_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, param_dtype: str = "float32"
+) -> pathlib.Path:
+    """Converts a HF LLaMA directory into an lwm model checkpoint at `out_dir`."""
+    from lwm.models.io import save_params
+
+    hf = pathlib.Path(hf_dir).expanduser()
+    if not hf.is_dir():
+        raise LwmError(f"HF model directory not found: {hf}")
+    config_path = hf / "config.json"
+    if not config_path.is_file():
+        raise LwmError(f"{config_path} not found")
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise LwmError(f"{config_path} is not valid JSON: {e}") from None
+    cfg = model_config_from_hf(hf_config).replace(param_dtype=param_dtype)
+    tensors = _SafetensorsDir(hf)
+    expected = set(hf_tensor_names(cfg))
+    if cfg.tie_word_embeddings:
+        expected_optional = {"lm_head.weight"}
+    else:
+        expected_optional = set()
+    unexpected = sorted(
+        k
+        for k in tensors.keys() - expected - expected_optional
+        if not k.endswith(_IGNORED_SUFFIXES)
+    )
+    if unexpected:
+        raise LwmError(
+            f"unexpected tensor {unexpected[0]} ({len(unexpected)} in all): the checkpoint has "
+            "parameters lwm's LLaMA cannot represent (biases? another architecture?)"
+        )
+    missing = sorted(expected - tensors.keys())
+    if missing:
+        raise LwmError(f"tensor {missing[0]} missing from the checkpoint ({len(missing)} missing)")
+    params = params_from_hf(tensors.get, cfg, dtype=_np_dtype(param_dtype))
+    out = pathlib.Path(out_dir).expanduser().resolve()
+    with atomic_output_dir(out) as tmp:
+        save_params(tmp, params, cfg, metadata={"source": "hf", "hf_dir": str(hf.resolve())})
+    return out
+
+
+def convert_to_hf(
+    ckpt_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "float32"
+) -> pathlib.Path:
+    """Writes `config.json` + `model.safetensors` that transformers' LlamaForCausalLM loads."""
+    from safetensors.numpy import save_file
+
+    from lwm.models.io import load_params_numpy
+
+    params, cfg = load_params_numpy(ckpt_dir)
+    hf_config = model_config_to_hf(cfg, torch_dtype=dtype)
+    tensors = params_to_hf(
+        params, cfg.replace(scan_layers=_is_stacked(params, cfg)), dtype=_np_dtype(dtype)
+    )
+    out = pathlib.Path(out_dir).expanduser().resolve()
+    with atomic_output_dir(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def _is_stacked(params: dict, cfg) -> bool:
+    """Whether the stored blocks are stacked (saved from a scan_layers model)."""
+    return "0" not in params["blocks"] and 0 not in params["blocks"]

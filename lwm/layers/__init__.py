@@ -1,0 +1,1 @@
+"""Transformer building blocks: norms, rotary embeddings, feed-forward, embeddings, attention."""

@@ -1,0 +1,75 @@
+"""Multi-head / grouped-query self-attention layer: projections, RoPE, a pluggable backend.
+
+The layer owns the weights; the attention computation itself is an `AttentionOp` (dense,
+blockwise or ring, see `lwm.attention`). `project_qkv` and `project_out` are separate so the
+KV-cache sampler can run its own attention against a cache with the same weights.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lwm.attention import AttentionOp
+from lwm.layers.params import normal_param
+from lwm.layers.rotary import apply_rope
+from lwm.models.config import ModelConfig, to_dtype
+from lwm.sharding import with_logical_constraint
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, op: AttentionOp, *, rngs: nnx.Rngs, mesh=None):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        pd, std = to_dtype(cfg.param_dtype), cfg.initializer_range
+        self.wq = normal_param(
+            rngs, (d, n, h), ("embed", "heads", "head_dim"), stddev=std, dtype=pd
+        )
+        self.wk = normal_param(
+            rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), stddev=std, dtype=pd
+        )
+        self.wv = normal_param(
+            rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), stddev=std, dtype=pd
+        )
+        self.wo = normal_param(
+            rngs, (n, h, d), ("heads", "head_dim", "embed"), stddev=std, dtype=pd
+        )
+        self.op = op
+        self.rope_theta = cfg.rope_theta
+        self.dtype = to_dtype(cfg.dtype)
+        self.mesh = mesh
+
+    def project_qkv(
+        self, x_btd: jax.Array, positions_bt: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries `[B,T,N,H]`, keys and values `[B,T,K,H]`, RoPE applied to q and k."""
+        x_btd = x_btd.astype(self.dtype)
+        q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.wq[...].astype(self.dtype))
+        k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.wk[...].astype(self.dtype))
+        v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.wv[...].astype(self.dtype))
+        q_btnh = apply_rope(q_btnh, positions_bt, theta=self.rope_theta)
+        k_btkh = apply_rope(k_btkh, positions_bt, theta=self.rope_theta)
+        q_btnh = with_logical_constraint(
+            q_btnh, ("batch", "length", "act_heads", "head_dim"), self.mesh
+        )
+        k_btkh = with_logical_constraint(
+            k_btkh, ("batch", "length", "act_kv_heads", "head_dim"), self.mesh
+        )
+        v_btkh = with_logical_constraint(
+            v_btkh, ("batch", "length", "act_kv_heads", "head_dim"), self.mesh
+        )
+        return q_btnh, k_btkh, v_btkh
+
+    def project_out(self, out_btnh: jax.Array) -> jax.Array:
+        out_btnh = out_btnh.astype(self.dtype)
+        return jnp.einsum("btnh,nhd->btd", out_btnh, self.wo[...].astype(self.dtype))
+
+    def __call__(
+        self,
+        x_btd: jax.Array,
+        positions_bt: jax.Array,
+        segment_ids_bt: jax.Array | None = None,
+    ) -> jax.Array:
+        q_btnh, k_btkh, v_btkh = self.project_qkv(x_btd, positions_bt)
+        out_btnh = self.op(q_btnh, k_btkh, v_btkh, segment_ids_bt)
+        return self.project_out(out_btnh)

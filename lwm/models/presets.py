@@ -1,0 +1,106 @@
+"""Model presets (plain dicts of ModelConfig fields) and the base run config built on them."""
+
+from __future__ import annotations
+
+import copy
+
+import ml_collections
+
+from lwm.errors import ConfigError
+
+_LLAMA2_7B = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=32,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    max_sequence_length=4096,
+)
+
+PRESETS: dict[str, dict] = {
+    # Unit tests and quick CLI checks.
+    "debug": dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=160,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_sequence_length=2048,
+    ),
+    # The CPU demo: a few million parameters.
+    "tiny": dict(
+        vocab_size=2048,
+        hidden_size=256,
+        intermediate_size=704,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=4,
+        max_sequence_length=16384,
+    ),
+    "200m": dict(
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_layers=12,
+        num_heads=16,
+        num_kv_heads=16,
+        max_sequence_length=4096,
+    ),
+    # TinyLlama-1.1B shape (GQA 32/4).
+    "1b": dict(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_layers=22,
+        num_heads=32,
+        num_kv_heads=4,
+        max_sequence_length=4096,
+    ),
+    # LLaMA-2 7B.
+    "7b": dict(_LLAMA2_7B),
+    # LWM-7B: LLaMA-2 7B + vision (8192 VQ codes + 256 reserved; end-of-frame 8192, end-of-video
+    # 8193), at its final 1M-token stage (RoPE theta 50M), ring attention, scanned + rematted.
+    "lwm-7b": dict(
+        _LLAMA2_7B,
+        vision_vocab_size=8448,
+        vision_eof_id=8192,
+        vision_eov_id=8193,
+        rope_theta=50_000_000.0,
+        max_sequence_length=1_048_576,
+        scan_layers=True,
+        remat_policy="full",
+        param_dtype="float32",
+        dtype="bfloat16",
+        attention=dict(
+            backend="ring",
+            query_chunk_size=1024,
+            key_chunk_size=1024,
+            layout="zigzag",
+            ffn_chunk_size=2048,
+        ),
+    ),
+}
+
+
+def model_preset(name: str) -> dict:
+    """A deep copy of the preset's ModelConfig fields."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def base_config(preset: str) -> ml_collections.ConfigDict:
+    """A run config with the model preset and a default mesh (all devices on fsdp)."""
+    from lwm.models.config import AttentionConfig, ModelConfig
+
+    model = ModelConfig.from_dict(model_preset(preset)).to_dict()
+    model["attention"] = dict(model.get("attention") or AttentionConfig().__dict__)
+    config = ml_collections.ConfigDict()
+    config.preset = preset
+    config.model = ml_collections.ConfigDict(model)
+    config.mesh = ml_collections.ConfigDict(dict(dp=1, fsdp=-1, tp=1, sp=1))
+    return config
