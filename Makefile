@@ -20,12 +20,12 @@ demo: $(STAMP)
 	$(BIN)/lwm demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check lwm tests scripts configs
-	$(BIN)/ruff format --check lwm tests scripts configs
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)
-	$(BIN)/ruff format lwm tests scripts configs
-	$(BIN)/ruff check --fix lwm tests scripts configs
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -1,0 +1,1 @@
+"""Data: tokenizers, field syntax, array_record datasets, packed grain loading, synthetic tasks."""

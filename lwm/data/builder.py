@@ -1,0 +1,282 @@
+"""`lwm data build`: a TFDS `GeneratorBasedBuilder` that tokenizes jsonl / .txt inputs with the
+field syntax and writes `array_record` shards (readable by grain, no TensorFlow needed).
+
+The finished dataset directory holds TFDS's `dataset_info.json` / `features.json` (example counts
+per split), the array_record shards, and `metadata.json` with our statistics (token counts, largest
+text / vision id, skipped lines, the fields spec and tokenizer). It is written under a temporary
+name and renamed into place at the end, so an interrupted build never leaves a half dataset behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from lwm.data.fields import ExampleEncoder
+from lwm.data.tokenizer import Tokenizer
+from lwm.errors import LwmError
+
+DATASET_NAME = "lwm_tokens"
+DATASET_VERSION = "1.0.0"
+FEATURE_KEYS = ("tokens", "loss_mask", "vision_mask")
+
+
+@dataclasses.dataclass
+class BuildStats:
+    """Counts gathered while generating; saved to metadata.json."""
+
+    num_examples: int = 0
+    num_tokens: int = 0
+    num_loss_tokens: int = 0
+    num_vision_tokens: int = 0
+    max_text_id: int = -1
+    max_vision_id: int = -1
+    skipped_lines: int = 0
+    empty_examples: int = 0
+
+
+def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
+    """`a.jsonl,b.jsonl` or a list of paths; a directory stands for its `.txt` / `.jsonl` files."""
+    if isinstance(inputs, os.PathLike):
+        inputs = [inputs]
+    items = inputs.split(",") if isinstance(inputs, str) else list(inputs)
+    files: list[pathlib.Path] = []
+    for item in items:
+        if not str(item).strip():
+            continue
+        p = pathlib.Path(str(item).strip())
+        if p.is_dir():
+            found = sorted(
+                q for q in p.rglob("*") if q.suffix in (".txt", ".jsonl") and q.is_file()
+            )
+            if not found:
+                raise LwmError(f"input directory {p} holds no .txt or .jsonl files")
+            files.extend(found)
+        elif p.is_file():
+            if p.suffix not in (".txt", ".jsonl", ".json"):
+                raise LwmError(f"input {p}: expected a .jsonl or .txt file or a directory")
+            files.append(p)
+        else:
+            raise LwmError(f"input not found: {p}")
+    if not files:
+        raise LwmError("no input files given")
+    return files
+
+
+def iter_records(
+    files: Sequence[pathlib.Path], *, skip_bad: bool, stats: BuildStats, keys: Sequence[str]
+) -> Iterator[tuple[str, str, int, dict[str, Any]]]:
+    """(key, file, line, record) per example: a jsonl line, or a whole .txt file as `{"text": ...}`.
+
+    A bad jsonl line (not JSON, not an object, or lacking a field) raises LwmError naming file and
+    line, or is counted in `stats.skipped_lines` with `skip_bad`.
+    """
+    for fi, path in enumerate(files):
+        if path.suffix == ".txt":
+            yield f"{fi}:0", str(path), 0, {"text": path.read_text(encoding="utf-8")}
+            continue
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+                    if not isinstance(rec, dict):
+                        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+                    missing = [k for k in keys if k not in rec]
+                    if missing:
+                        raise ValueError(f"missing field {missing[0]!r}")
+                except ValueError as e:  # json.JSONDecodeError is a ValueError
+                    if skip_bad:
+                        stats.skipped_lines += 1
+                        continue
+                    raise LwmError(f"{path}:{lineno}: {_one_line(e)}") from None
+                yield f"{fi}:{lineno}", str(path), lineno, rec
+
+
+def _one_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _make_builder_class():
+    import tensorflow_datasets as tfds
+
+    class LwmTokens(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """Tokenized examples: tokens, loss_mask, vision_mask (variable length)."""
+
+        VERSION = tfds.core.Version(DATASET_VERSION)
+        name = DATASET_NAME
+        # No checksums / metadata files beside the code: without this TFDS probes the package
+        # with `importlib_resources`, which is not a dependency.
+        code_path = None
+
+        def __init__(self, *, files, encoder, skip_bad, **kw):
+            self._files = files
+            self._encoder = encoder
+            self._skip_bad = skip_bad
+            self.stats = BuildStats()
+            super().__init__(**kw)
+
+        def _info(self):
+            seq = tfds.features.Tensor(shape=(None,), dtype=np.int32)
+            mask = tfds.features.Tensor(shape=(None,), dtype=np.uint8)
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description="lwm tokenized examples (field syntax applied)",
+                features=tfds.features.FeaturesDict(
+                    {"tokens": seq, "loss_mask": mask, "vision_mask": mask}
+                ),
+                metadata=tfds.core.MetadataDict(),
+            )
+
+        def _split_generators(self, dl_manager):
+            del dl_manager
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            st = self.stats
+            keys = [k for k in self._encoder.keys]
+            for key, path, lineno, rec in iter_records(
+                self._files, skip_bad=self._skip_bad, stats=st, keys=keys
+            ):
+                try:
+                    ex = self._encoder(rec)
+                except LwmError as e:
+                    if self._skip_bad and lineno:
+                        st.skipped_lines += 1
+                        continue
+                    where = f"{path}:{lineno}" if lineno else path
+                    raise LwmError(f"{where}: {e}") from None
+                if len(ex) < 2:  # nothing to predict
+                    st.empty_examples += 1
+                    continue
+                st.num_examples += 1
+                st.num_tokens += len(ex)
+                st.num_loss_tokens += int(ex.loss_mask[1:].sum())
+                vis = ex.vision_mask.astype(bool)
+                st.num_vision_tokens += int(vis.sum())
+                if (~vis).any():
+                    st.max_text_id = max(st.max_text_id, int(ex.tokens[~vis].max()))
+                if vis.any():
+                    st.max_vision_id = max(st.max_vision_id, int(ex.tokens[vis].max()))
+                yield (
+                    key,
+                    {
+                        "tokens": ex.tokens,
+                        "loss_mask": ex.loss_mask,
+                        "vision_mask": ex.vision_mask,
+                    },
+                )
+            self.info.metadata.update(self._metadata())
+
+        def _metadata(self) -> dict[str, Any]:
+            enc = self._encoder
+            tok = enc.tokenizer
+            return {
+                **dataclasses.asdict(self.stats),
+                "fields": ",".join(_field_str(f) for f in enc.fields),
+                "tokenizer": str(tok.path),
+                "tokenizer_sha256": _sha256(tok.path),
+                "text_vocab_size": tok.vocab_size,
+                "vision_eof_id": enc.vision_eof_id,
+                "vision_eov_id": enc.vision_eov_id,
+                "inputs": [str(f) for f in self._files],
+            }
+
+    return LwmTokens
+
+
+def _field_str(f) -> str:
+    body = f.literal or "+".join(f.subfields)
+    return f"[{body}]" if f.masked else body
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def build_dataset(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer: Tokenizer | str | os.PathLike,
+    fields: str = "text",
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    num_shards: int | None = None,
+    quiet: bool = False,
+    **encoder_kw: Any,
+) -> dict[str, Any]:
+    """Builds a dataset directory at `out_dir`; returns its metadata (counts, max ids, ...).
+
+    `encoder_kw` go to ExampleEncoder (add_bos, add_eos, max_n_frames, tokens_per_frame, ...).
+    Refuses an existing `out_dir` unless `overwrite`.
+    """
+    import tensorflow_datasets as tfds
+
+    out = pathlib.Path(out_dir)
+    if out.exists() and not overwrite:
+        raise LwmError(f"output directory {out} exists; pass --overwrite to replace it")
+    files = expand_inputs(inputs)
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
+    encoder = ExampleEncoder(tok, fields, **encoder_kw)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    try:
+        builder = _make_builder_class()(
+            files=files,
+            encoder=encoder,
+            skip_bad=skip_bad,
+            data_dir=str(work),
+            file_format="array_record",
+        )
+        # Never reach for TFDS's GCS mirror: everything is generated locally.
+        config = tfds.download.DownloadConfig(try_download_gcs=False, num_shards=num_shards)
+        kw = {"download_dir": str(work / "downloads"), "download_config": config}
+        tfds.display_progress_bar(not quiet)  # a global switch in TFDS
+        try:
+            builder.download_and_prepare(**kw)
+        finally:
+            tfds.display_progress_bar(True)
+        built = work / DATASET_NAME / DATASET_VERSION
+        meta = json.loads((built / "metadata.json").read_text())
+        if meta["num_examples"] == 0:
+            raise LwmError(f"no examples in {', '.join(map(str, files))}")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(built, out)
+    except LwmError:
+        raise
+    except Exception as e:  # noqa: BLE001 - TFDS may wrap our error; surface it on one line
+        inner = _find_lwm_error(e)
+        if inner is not None:
+            raise inner from None
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if meta["skipped_lines"] and not quiet:
+        print(f"skipped {meta['skipped_lines']} bad line(s)", file=sys.stderr)
+    return meta
+
+
+def _find_lwm_error(e: BaseException | None) -> LwmError | None:
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, LwmError):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None

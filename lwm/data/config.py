@@ -1,0 +1,80 @@
+"""The `config.data` section: where training data comes from and how rows are packed."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import ml_collections
+
+from lwm.errors import ConfigError
+
+PackingMode = Literal["first_fit", "greedy", "pad"]
+LongExamples = Literal["split", "truncate", "drop"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    """Directory written by `lwm data build` (holds dataset_info.json and array_record shards)."""
+    split: str = "train"
+    """Split to read."""
+    packing: PackingMode = "first_fit"
+    """`first_fit`: each example goes to the first open row with room (`open_rows` rows kept open);
+    `greedy`: one open row, closed as soon as the next example does not fit; `pad`: one example per
+    row, padded. Packed examples never see each other (segment ids, positions restart)."""
+    open_rows: int = 8
+    """first_fit only: rows kept open at once; when all are too full, the fullest is emitted."""
+    long_examples: LongExamples = "split"
+    """Examples longer than seq_len: `split` into seq_len chunks (each its own segment), `truncate`
+    to the first chunk, or `drop`."""
+    shuffle: bool = True
+    """Shuffle examples (per process shard, reshuffled each epoch) with the iterator's seed."""
+    num_epochs: int = 0
+    """Passes over the data; 0 = repeat forever (training). A finite run ends with a partial batch
+    dropped."""
+    pad_id: int = 0
+    """Token written at padded positions (masked by segment_ids=0 and loss_mask=0)."""
+    text_vocab_size: int = 0
+    """If > 0, refuse (before training) a dataset holding a text id >= this (set from the model)."""
+    vision_vocab_size: int = 0
+    """If > 0, refuse a dataset holding a vision code >= this (set from the model)."""
+    prefetch: int = 2
+    """Batches prepared ahead in a background thread (0 = none)."""
+
+    def __post_init__(self):
+        if self.packing not in ("first_fit", "greedy", "pad"):
+            raise ConfigError(
+                f"data.packing must be first_fit, greedy or pad, got {self.packing!r}"
+            )
+        if self.long_examples not in ("split", "truncate", "drop"):
+            raise ConfigError(
+                f"data.long_examples must be split, truncate or drop, got {self.long_examples!r}"
+            )
+        if self.open_rows < 1:
+            raise ConfigError(f"data.open_rows must be >= 1, got {self.open_rows}")
+        if self.num_epochs < 0:
+            raise ConfigError(f"data.num_epochs must be >= 0, got {self.num_epochs}")
+        if self.prefetch < 0:
+            raise ConfigError(f"data.prefetch must be >= 0, got {self.prefetch}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | DataConfig) -> DataConfig:
+        """From a ConfigDict / mapping (unknown keys are an error) or an existing DataConfig."""
+        if isinstance(d, DataConfig):
+            return d
+        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown data config fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **kw: Any) -> DataConfig:
+        return dataclasses.replace(self, **kw)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The `config.data` section with every field at its default (for config files)."""
+    return ml_collections.ConfigDict(dataclasses.asdict(DataConfig()))
