@@ -1,0 +1,285 @@
+"""`Checkpointer`: orbax `CheckpointManager` behind a small, JSON-only interface.
+
+A checkpoint at step `s` is a directory `<dir>/<s>/` with three items:
+  - `state`: a pytree (nested dicts) of arrays, written by orbax's PyTree handler (tensorstore);
+  - `metadata`: a JSON object (config fingerprint, stage index, anything the caller wants);
+  - `data_state`: a JSON object (the data iterator's position) or null.
+Orbax writes into a temporary directory and renames it when complete, so a killed process never
+leaves a half-written step behind that `latest_step()` would pick. Nothing is pickled.
+
+Restoring takes an optional `abstract_state` (a pytree of `jax.ShapeDtypeStruct` with shardings, or
+of arrays whose shardings are reused): the arrays are read directly onto those shardings, which may
+belong to a different mesh than the one that saved. Without it, leaves come back as numpy arrays.
+`subtree=` restores only part of the state (e.g. `"params"` out of a full train state).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lwm.errors import LwmError
+
+_STATE, _METADATA, _DATA = "state", "metadata", "data_state"
+
+
+class CheckpointError(LwmError):
+    """A checkpoint that is missing, unreadable, or does not match what the caller expects."""
+
+
+def abstract_like(tree: Any) -> Any:
+    """`jax.ShapeDtypeStruct`s (with shardings) for every array leaf of `tree`."""
+
+    def one(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree.map(one, tree)
+
+
+def _subtree_keys(subtree: str | Sequence[str] | None) -> tuple[str, ...]:
+    if subtree is None:
+        return ()
+    if isinstance(subtree, str):
+        return tuple(k for k in subtree.split("/") if k)
+    return tuple(subtree)
+
+
+def _get_path(tree: Any, keys: tuple[str, ...], what: str) -> Any:
+    node = tree
+    for i, k in enumerate(keys):
+        if not isinstance(node, Mapping) or k not in node:
+            raise CheckpointError(f"{what} has no subtree {'/'.join(keys[: i + 1])!r}")
+        node = node[k]
+    return node
+
+
+def _path_str(path: Sequence[Any]) -> str:
+    """A key path as "a/0/count": the same for dicts, tuples and namedtuples (as orbax stores)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _nest(keys: tuple[str, ...], value: Any) -> Any:
+    for k in reversed(keys):
+        value = {k: value}
+    return value
+
+
+class Checkpointer:
+    """Saves and restores train states under `directory`, keeping the newest `keep` steps.
+
+    Every process of a multi-process job must make the same calls (orbax coordinates the writes;
+    JSON items are written by the primary process only).
+    """
+
+    def __init__(
+        self,
+        directory: str | pathlib.Path,
+        *,
+        keep: int | None = 3,
+        save_every: int | None = None,
+        async_save: bool = True,
+    ):
+        """`keep`: newest steps kept (None = all); `save_every`: `save()` without `force` writes
+        only steps divisible by it (None = every call); `async_save`: write in the background."""
+        self.directory = pathlib.Path(directory).expanduser().resolve()
+        if keep is not None and keep < 1:
+            raise CheckpointError(f"keep must be >= 1 or None, got {keep}")
+        if save_every is not None and save_every < 1:
+            raise CheckpointError(f"save_every must be >= 1 or None, got {save_every}")
+        self.keep = keep
+        self.save_every = save_every
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+            # `save()` decides itself (below); orbax must not skip a step while a save is running.
+            enable_should_save_is_saving_in_progress_check=False,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                _STATE: ocp.PyTreeCheckpointHandler(),
+                _METADATA: ocp.JsonCheckpointHandler(),
+                _DATA: ocp.JsonCheckpointHandler(),
+            },
+        )
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def should_save(self, step: int) -> bool:
+        """Whether `save(step, ...)` without `force` would write."""
+        if step in self.all_steps():
+            return False
+        return self.save_every is None or step % self.save_every == 0
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        metadata: Mapping[str, Any],
+        data_state: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Writes `state` (pytree of arrays) with JSON `metadata` and `data_state` at `step`.
+
+        Returns whether a checkpoint was started: False when the cadence says no (and not
+        `force`) or when `step` is already saved (existing checkpoints are never overwritten).
+        With async saving the write completes in the background; call `wait()` to block.
+        """
+        step = int(step)
+        if step in self.all_steps() or (not force and not self.should_save(step)):
+            return False
+        args = ocp.args.Composite(
+            **{
+                _STATE: ocp.args.PyTreeSave(state),
+                _METADATA: ocp.args.JsonSave(dict(metadata)),
+                _DATA: ocp.args.JsonSave(
+                    {"value": None if data_state is None else dict(data_state)}
+                ),
+            }
+        )
+        return bool(self._manager.save(step, args=args, force=True))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def all_steps(self) -> list[int]:
+        """Finished checkpoint steps, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest finished step, or None for an empty directory."""
+        return self._manager.latest_step()
+
+    def _resolve_step(self, step: int | None) -> int:
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise CheckpointError(f"no checkpoint in {self.directory}")
+            return steps[-1]
+        if int(step) not in steps:
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.directory}; have {steps}"
+            )
+        return int(step)
+
+    def metadata(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON metadata of `step` (default: latest) without reading any array."""
+        step = self._resolve_step(step)
+        out = self._manager.restore(
+            step, args=ocp.args.Composite(**{_METADATA: ocp.args.JsonRestore()})
+        )
+        return dict(out[_METADATA])
+
+    def restore(
+        self,
+        step: int | None = None,
+        *,
+        abstract_state: Any = None,
+        subtree: str | Sequence[str] | None = None,
+    ) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+        """Reads `(state, metadata, data_state)` of `step` (default: latest).
+
+        `abstract_state`: the target structure with shapes, dtypes and shardings (of the subtree
+        if `subtree` is given); None restores numpy arrays on the host. `subtree`: a key path like
+        `"params"` or `("opt_state", "mu")` to read only that part of the saved state.
+        """
+        step = self._resolve_step(step)
+        keys = _subtree_keys(subtree)
+        if abstract_state is None:
+            saved = self._saved_tree(step)
+            target = _get_path(saved, keys, f"checkpoint step {step}")
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), target)
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        else:
+            target = abstract_like(abstract_state)
+            self._check_structure(step, keys, target)
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        state_args = ocp.args.PyTreeRestore(
+            item=_nest(keys, target),
+            restore_args=_nest(keys, restore_args),
+            partial_restore=bool(keys),
+        )
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    _STATE: state_args,
+                    _METADATA: ocp.args.JsonRestore(),
+                    _DATA: ocp.args.JsonRestore(),
+                }
+            ),
+        )
+        state = _get_path(out[_STATE], keys, f"checkpoint step {step}")
+        data = out[_DATA]
+        data_state = data.get("value") if isinstance(data, Mapping) else None
+        return state, dict(out[_METADATA]), data_state
+
+    def _saved_tree(self, step: int) -> Any:
+        """The saved state's structure (leaves are orbax value metadata)."""
+        meta = self._manager.item_metadata(step)[_STATE]
+        return meta.tree if hasattr(meta, "tree") else meta
+
+    def _check_structure(self, step: int, keys: tuple[str, ...], target: Any) -> None:
+        """One-line error when the requested structure or shapes differ from the saved ones."""
+        saved = _get_path(self._saved_tree(step), keys, f"checkpoint step {step}")
+        saved_paths = {_path_str(p): m for p, m in jax.tree_util.tree_leaves_with_path(saved)}
+        want_paths = {_path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(target)}
+        missing = sorted(set(want_paths) - set(saved_paths))
+        if missing:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} lacks {len(missing)} arrays "
+                f"(e.g. {missing[0]}); it was saved from a different model or state layout"
+            )
+        for path, want in want_paths.items():
+            shape = tuple(getattr(saved_paths[path], "shape", ()) or ())
+            if shape != tuple(want.shape):
+                raise CheckpointError(
+                    f"checkpoint step {step}: {path} has shape {shape}, "
+                    f"expected {tuple(want.shape)}"
+                )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def wait(self) -> None:
+        """Blocks until background saves have finished (and old steps are pruned)."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases orbax's threads."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_checkpoint_metadata(directory: str | pathlib.Path) -> dict[str, Any] | None:
+    """The latest checkpoint's JSON metadata in `directory`, or None if it holds no checkpoint."""
+    path = pathlib.Path(directory)
+    if not path.is_dir():
+        return None
+    ckpt = Checkpointer(path, async_save=False)
+    try:
+        return ckpt.metadata() if ckpt.latest_step() is not None else None
+    finally:
+        ckpt.close()

@@ -1,0 +1,232 @@
+"""Typed training configs: `TrainConfig` (the `train` section), `StageConfig` (`stages` items).
+
+A run is a list of stages walked in order (progressive context growth). Fields a stage leaves at
+its "inherit" value (0, 0.0, "" or None) come from `train` / `model`; `stages` empty means one stage
+built from `train` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from lwm.errors import ConfigError
+
+Schedule = Literal["warmup_cosine", "constant", "warmup_linear"]
+SCHEDULES = ("warmup_cosine", "constant", "warmup_linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    """Seed of parameter init and of the training RNG stream."""
+    steps: int = 100
+    """Optimizer steps of the single stage used when `stages` is empty."""
+    seq_len: int = 256
+    """Tokens per sequence of the single stage used when `stages` is empty."""
+    batch_tokens: int = 2048
+    """Global batch size in tokens (batch size = batch_tokens // seq_len), single-stage runs."""
+    lr: float = 3e-4
+    """Peak learning rate."""
+    schedule: str = "warmup_cosine"
+    """Learning-rate schedule: warmup_cosine, constant (after warmup), or warmup_linear."""
+    warmup_steps: int = 10
+    """Linear warmup from 0 to `lr` over this many steps (all schedules)."""
+    end_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of `lr` for the decaying schedules."""
+    b1: float = 0.9
+    """AdamW beta1."""
+    b2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (AdamW), applied to params selected by the mask below."""
+    weight_decay_exclude: tuple[str, ...] = ("norm", "embed")
+    """Regexes on "/"-joined param paths (e.g. `blocks/0/attn_norm/scale`) that get no decay."""
+    decay_1d_params: bool = False
+    """Whether vectors (norm scales, biases) are decayed; False excludes every 1-D param."""
+    clip_norm: float = 1.0
+    """Global gradient-norm clipping threshold (0 = off)."""
+    grad_accum: int = 1
+    """Microbatches per optimizer step (the global batch is split along the batch axis)."""
+    text_loss_weight: float = 0.5
+    """Weight of the text cross-entropy term (LWM: 0.5)."""
+    vision_loss_weight: float = 0.5
+    """Weight of the vision cross-entropy term (LWM: 0.5). Weights are renormalized over the terms
+    present in a batch, so a text-only batch trains on the plain text loss."""
+    reset_optimizer: bool = True
+    """At a stage boundary, start the next stage with fresh optimizer state (else keep it)."""
+    save_every: int = 100
+    """Checkpoint every this many global steps (stage ends and SIGTERM always save)."""
+    keep: int = 3
+    """Newest checkpoints kept in `<workdir>/checkpoints`."""
+    async_save: bool = True
+    """Write checkpoints in the background while training continues."""
+    log_every: int = 10
+    """Write a metrics.jsonl record every this many steps (1 = every step)."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s of the whole mesh for MFU; 0 = measure once with a matmul benchmark."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar on process 0."""
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule {self.schedule!r}: expected one of {SCHEDULES}")
+        for name in ("steps", "seq_len", "batch_tokens", "grad_accum", "save_every", "keep"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
+        if self.text_loss_weight < 0 or self.vision_loss_weight < 0:
+            raise ConfigError("train.text_loss_weight / vision_loss_weight must be >= 0")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> TrainConfig:
+        return _from_dict(cls, d, "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    seq_len: int = 0
+    """Tokens per sequence in this stage (0 = train.seq_len)."""
+    steps: int = 0
+    """Optimizer steps in this stage (0 = train.steps)."""
+    batch_tokens: int = 0
+    """Global batch size in tokens (0 = train.batch_tokens); must be a multiple of seq_len."""
+    rope_theta: float = 0.0
+    """RoPE base frequency for this stage (0 = model.rope_theta). LWM: 1M, 10M, 10M, 25M, 50M."""
+    max_sequence_length: int = 0
+    """Model max_sequence_length for this stage (0 = max(model value, seq_len))."""
+    lr: float = 0.0
+    """Peak learning rate (0 = train.lr)."""
+    schedule: str = ""
+    """Learning-rate schedule ("" = train.schedule)."""
+    warmup_steps: int = -1
+    """Warmup steps (-1 = train.warmup_steps)."""
+    reset_optimizer: bool | None = None
+    """Fresh optimizer state at the start of this stage (None = train.reset_optimizer)."""
+    mesh: dict[str, int] | None = None
+    """This stage's own mesh sizes (e.g. more `sp` for longer context); None = the run's mesh."""
+    grad_accum: int = 0
+    """Microbatches per step (0 = train.grad_accum)."""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, index: int = 0) -> StageConfig:
+        return _from_dict(cls, d, f"stages[{index}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedStage:
+    """A stage with every inherited field filled in."""
+
+    index: int
+    seq_len: int
+    steps: int
+    batch_size: int
+    rope_theta: float
+    max_sequence_length: int
+    lr: float
+    schedule: str
+    warmup_steps: int
+    end_lr_ratio: float
+    reset_optimizer: bool
+    mesh: dict[str, int] | None
+    grad_accum: int
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+def _from_dict(cls, d, where: str):
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else (d or {}))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"unknown {where} config fields: {sorted(unknown)}")
+    if "weight_decay_exclude" in d and d["weight_decay_exclude"] is not None:
+        d["weight_decay_exclude"] = tuple(d["weight_decay_exclude"])
+    if d.get("mesh") is not None:
+        d["mesh"] = {str(k): int(v) for k, v in dict(d["mesh"]).items()}
+    return cls(**d)
+
+
+def resolve_stages(
+    train: TrainConfig,
+    stages: Sequence[Mapping[str, Any]] | None,
+    model_rope_theta: float,
+    model_max_len: int,
+) -> list[ResolvedStage]:
+    """Fills each stage from `train` and the model; validates shapes and schedules."""
+    raw = [StageConfig.from_dict(s, i) for i, s in enumerate(stages or [])] or [StageConfig()]
+    out = []
+    for i, s in enumerate(raw):
+        seq_len = s.seq_len or train.seq_len
+        batch_tokens = s.batch_tokens or train.batch_tokens
+        if batch_tokens % seq_len:
+            raise ConfigError(
+                f"stages[{i}]: batch_tokens {batch_tokens} is not a multiple of seq_len {seq_len}"
+            )
+        schedule = s.schedule or train.schedule
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"stages[{i}].schedule {schedule!r}: expected one of {SCHEDULES}")
+        steps = s.steps or train.steps
+        if steps < 1:
+            raise ConfigError(f"stages[{i}].steps must be >= 1")
+        out.append(
+            ResolvedStage(
+                index=i,
+                seq_len=seq_len,
+                steps=steps,
+                batch_size=batch_tokens // seq_len,
+                rope_theta=s.rope_theta or model_rope_theta,
+                max_sequence_length=s.max_sequence_length or max(model_max_len, seq_len),
+                lr=s.lr or train.lr,
+                schedule=schedule,
+                warmup_steps=train.warmup_steps if s.warmup_steps < 0 else s.warmup_steps,
+                end_lr_ratio=train.end_lr_ratio,
+                reset_optimizer=train.reset_optimizer
+                if s.reset_optimizer is None
+                else bool(s.reset_optimizer),
+                mesh=s.mesh,
+                grad_accum=s.grad_accum or train.grad_accum,
+            )
+        )
+        if out[-1].max_sequence_length < seq_len:
+            raise ConfigError(
+                f"stages[{i}]: max_sequence_length {out[-1].max_sequence_length} < seq_len "
+                f"{seq_len}"
+            )
+        if out[-1].batch_size % out[-1].grad_accum:
+            raise ConfigError(
+                f"stages[{i}]: batch size {out[-1].batch_size} not divisible by grad_accum "
+                f"{out[-1].grad_accum}"
+            )
+    return out
+
+
+def default_train_section(**overrides: Any):
+    """`config.train` as an ml_collections ConfigDict with every TrainConfig field (defaults
+    replaced by `overrides`), so any field can be set with `--config.train.<field>=...`."""
+    import ml_collections
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown train config fields: {sorted(unknown)}")
+    fields.update(overrides)
+    return ml_collections.ConfigDict(fields)
+
+
+def stage_section(**fields: Any):
+    """One `config.stages` entry with every StageConfig field present (so overrides work)."""
+    import ml_collections
+
+    out = {f.name: f.default for f in dataclasses.fields(StageConfig)}
+    unknown = set(fields) - set(out)
+    if unknown:
+        raise ConfigError(f"unknown stage config fields: {sorted(unknown)}")
+    out.update(fields)
+    return ml_collections.ConfigDict(out)
