@@ -204,6 +204,16 @@ class ExampleEncoder:
             frames = [np.asarray(v, np.int64) for v in value]
             if any(f.ndim != 1 or f.size == 0 or not _ints(f) for f in frames):
                 raise LwmError(f"vision field {key!r}: frames must be non-empty lists of ints")
+        elif _is_int_list(value) and value[-1] == self.vision_eov_id:
+            # `lwm video tokenize` layout: each frame's codes, then end-of-frame; end-of-video
+            # after the last frame. Split at the markers (re-added after subsampling).
+            flat = np.asarray(value, np.int64)
+            ends = np.flatnonzero((flat == self.vision_eof_id) | (flat == self.vision_eov_id))
+            if np.any(flat[ends[:-1]] != self.vision_eof_id):
+                raise LwmError(f"vision field {key!r}: end-of-video code before the last frame")
+            frames = [f[:-1] for f in np.split(flat, ends + 1)[:-1]]
+            if any(f.size == 0 for f in frames):
+                raise LwmError(f"vision field {key!r}: a frame without codes")
         elif _is_int_list(value):
             flat = np.asarray(value, np.int64)
             if flat.size % self.tokens_per_frame:

@@ -1,0 +1,405 @@
+"""VQGAN training loop: L1/L2 reconstruction + codebook + commitment (+ optional patch-GAN).
+
+`train_vqgan(vqgan_cfg, train_cfg, data_cfg, workdir)` trains on frames of videos/images, writes
+`<workdir>/checkpoints/` (the project `Checkpointer`), `<workdir>/metrics.jsonl` (one JSON object
+per log/eval line) and `<workdir>/samples/step_<N>.png` (held-out originals above their
+reconstructions). Running again on the same workdir resumes from the latest checkpoint; the batch
+of each step depends only on (seed, step), so a resumed run matches an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lwm.checkpoint import Checkpointer
+from lwm.errors import ConfigError, LwmError
+from lwm.video.config import VQGANConfig
+from lwm.video.frame_data import FrameBank, load_frame_bank
+from lwm.video.quantizer import perplexity
+from lwm.video.vqgan import VQGAN, init_vqgan, make_decode_fn, make_encode_fn, numpy_init
+from lwm.video.vqgan_checkpoint import (
+    config_from_metadata,
+    load_state_tree,
+    state_tree,
+    vqgan_metadata,
+)
+from lwm.video.vqgan_losses import (
+    PatchDiscriminator,
+    generator_adv_loss,
+    hinge_d_loss,
+    psnr,
+    reconstruction_loss,
+)
+
+
+def _from_dict(cls, d: Mapping[str, Any], section: str):
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"unknown {section} config fields: {sorted(unknown)}")
+    return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class VQGANTrainConfig:
+    steps: int = 10000
+    """Total optimizer steps."""
+    batch_size: int = 16
+    """Frames per step (sharded over all devices of the mesh)."""
+    learning_rate: float = 2e-4
+    """Peak Adam learning rate (linear warmup, then cosine decay to 10%)."""
+    warmup_steps: int = 200
+    """Linear warmup steps."""
+    b1: float = 0.5
+    """Adam beta1 (0.5 as is usual for VQGANs)."""
+    b2: float = 0.9
+    """Adam beta2."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    l1_weight: float = 1.0
+    """Weight of the L1 reconstruction loss."""
+    l2_weight: float = 1.0
+    """Weight of the L2 (MSE) reconstruction loss."""
+    gan: bool = False
+    """Add a patch-GAN (hinge) loss and train a discriminator."""
+    gan_weight: float = 0.1
+    """Weight of the generator's adversarial loss."""
+    gan_start_step: int = 2000
+    """Step at which the adversarial loss switches on (the discriminator trains from then too)."""
+    disc_channels: int = 64
+    """Discriminator base width."""
+    disc_layers: int = 3
+    """Stride-2 discriminator layers."""
+    seed: int = 0
+    """Seed of the init and of the batch order."""
+    log_every: int = 50
+    """Steps between metrics lines."""
+    eval_every: int = 500
+    """Steps between held-out evaluations (PSNR, codebook usage) and sample grids."""
+    save_every: int = 1000
+    """Steps between checkpoints (the final step is always saved)."""
+    keep: int = 3
+    """Checkpoints kept."""
+    grid_frames: int = 8
+    """Held-out frames shown in each sample grid."""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VQGANTrainConfig:
+        return _from_dict(cls, d, "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameDataConfig:
+    paths: tuple[str, ...] = ()
+    """Videos, images or directories of them."""
+    fps: float = 0.0
+    """Frames sampled per second of video (0 = every frame)."""
+    max_frames_per_video: int = 0
+    """Cap per video, evenly spaced (0 = no cap)."""
+    holdout_fraction: float = 0.1
+    """Last fraction of each video's frames held out for evaluation."""
+    flip: bool = True
+    """Random horizontal mirroring of training frames."""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FrameDataConfig:
+        cfg = _from_dict(cls, d, "data")
+        return dataclasses.replace(cfg, paths=tuple(cfg.paths))
+
+
+def _schedule(cfg: VQGANTrainConfig):
+    return optax.warmup_cosine_decay_schedule(
+        0.0,
+        cfg.learning_rate,
+        max(1, cfg.warmup_steps),
+        max(cfg.steps, cfg.warmup_steps + 1),
+        end_value=0.1 * cfg.learning_rate,
+    )
+
+
+def _tx(cfg: VQGANTrainConfig, lr) -> optax.GradientTransformation:
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+    return optax.chain(*parts, optax.adam(lr, b1=cfg.b1, b2=cfg.b2))
+
+
+@functools.lru_cache(maxsize=8)
+def make_train_step(cfg: VQGANTrainConfig):
+    """The jitted step `(model, opt, disc, disc_opt, frames uint8, key, step) -> metrics`,
+    cached per config so runs of one config share compiles."""
+
+    @nnx.jit
+    def step_fn(model, opt, disc, disc_opt, frames, key, step):
+        x = frames.astype(jnp.float32) / 127.5 - 1.0
+        adv_on = (step >= cfg.gan_start_step).astype(jnp.float32) if cfg.gan else 0.0
+
+        def loss_fn(model):
+            recon, codes, z, aux = model(x)
+            rec = reconstruction_loss(x, recon, l1_weight=cfg.l1_weight, l2_weight=cfg.l2_weight)
+            loss = rec + aux["vq_loss"]
+            g_adv = jnp.zeros(())
+            if cfg.gan:
+                g_adv = generator_adv_loss(disc(recon))
+                loss = loss + adv_on * cfg.gan_weight * g_adv
+            return loss, (recon, z, aux, rec, g_adv)
+
+        (loss, (recon, z, aux, rec, g_adv)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(
+            model
+        )
+        opt.update(model, grads)
+        metrics = {
+            "loss": loss,
+            "rec_loss": rec,
+            "codebook_loss": aux["codebook_loss"],
+            "commitment_loss": aux["commitment_loss"],
+            "perplexity": aux["perplexity"],
+            "psnr": jnp.mean(psnr(x, recon)),
+        }
+        q = model.quantizer
+        q.update_usage(aux["counts"])
+        metrics["restarted_codes"] = q.restart_dead_codes(z.reshape(-1, z.shape[-1]), key)
+        if cfg.gan:
+            fake = jax.lax.stop_gradient(recon)
+
+            def d_loss_fn(disc):
+                return hinge_d_loss(disc(x), disc(fake)) * adv_on
+
+            d_loss, d_grads = nnx.value_and_grad(d_loss_fn)(disc)
+            disc_opt.update(disc, d_grads)
+            metrics["d_loss"] = d_loss
+            metrics["g_adv_loss"] = g_adv
+        return metrics
+
+    return step_fn
+
+
+def evaluate(model: VQGAN, frames: np.ndarray, *, batch_size: int = 32) -> dict[str, float]:
+    """Held-out PSNR (dB, mean over frames), codebook usage (fraction of codes used) and
+    perplexity of the code histogram."""
+    if len(frames) == 0:
+        return {}
+    encode, decode = make_encode_fn(model), make_decode_fn(model)
+    batch_size = min(batch_size, len(frames))
+    k = model.cfg.codebook_size
+    counts = np.zeros(k, np.float64)
+    scores = []
+    for i in range(0, len(frames), batch_size):
+        chunk = frames[i : i + batch_size]
+        n = len(chunk)
+        if n < batch_size:  # pad: one compiled shape
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
+        codes = np.asarray(encode(chunk))[:n]
+        recon = np.asarray(decode(codes))
+        scores.append(np.asarray(psnr(jnp.asarray(frames[i : i + n]), jnp.asarray(recon))))
+        counts += np.bincount(codes.reshape(-1), minlength=k)
+    return {
+        "eval_psnr": float(np.mean(np.concatenate(scores))),
+        "eval_usage": float(np.mean(counts > 0)),
+        "eval_perplexity": float(perplexity(jnp.asarray(counts, jnp.float32))),
+    }
+
+
+def save_grid(path: pathlib.Path, originals: np.ndarray, recons: np.ndarray) -> None:
+    """PNG with originals on the top row and their reconstructions below (2 px gaps)."""
+    from PIL import Image
+
+    n, h, w, _ = originals.shape
+    gap = 2
+    grid = np.full((2 * h + gap, n * (w + gap) - gap, 3), 255, np.uint8)
+    for i in range(n):
+        x0 = i * (w + gap)
+        grid[:h, x0 : x0 + w] = originals[i]
+        grid[h + gap :, x0 : x0 + w] = recons[i]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tx(cfg: VQGANTrainConfig) -> optax.GradientTransformation:
+    # One tx object per config: the optimizer's static graph then compares equal across runs,
+    # so a resumed (or repeated) run reuses the compiled step instead of recompiling.
+    return _tx(cfg, _schedule(cfg))
+
+
+class _Run:
+    """The mutable pieces of a run (model, optimizers, discriminator)."""
+
+    def __init__(self, vcfg: VQGANConfig, tcfg: VQGANTrainConfig):
+        self.model = init_vqgan(vcfg, tcfg.seed)
+        self.opt = nnx.Optimizer(self.model, _cached_tx(tcfg), wrt=nnx.Param)
+        self.disc = self.disc_opt = None
+        if tcfg.gan:
+            self.disc = numpy_init(
+                lambda: PatchDiscriminator(
+                    vcfg.in_channels, tcfg.disc_channels, tcfg.disc_layers, rngs=nnx.Rngs(0)
+                ),
+                tcfg.seed + 1,
+            )
+            self.disc_opt = nnx.Optimizer(self.disc, _cached_tx(tcfg), wrt=nnx.Param)
+
+    def parts(self) -> dict[str, nnx.Module]:
+        out = {"model": self.model, "opt": self.opt}
+        if self.disc is not None:
+            out.update(disc=self.disc, disc_opt=self.disc_opt)
+        return out
+
+    def state(self) -> dict:
+        return {k: state_tree(v) for k, v in self.parts().items()}
+
+    def load(self, tree: dict) -> None:
+        for k, v in self.parts().items():
+            load_state_tree(v, tree[k])
+
+
+def _placement(run: _Run, mesh, batch_size: int):
+    """Replicates the run's state over `mesh`; returns how to place a batch (split over all
+    mesh devices)."""
+    if mesh is None or mesh.size == 1:
+        return jnp.asarray
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if batch_size % mesh.size:
+        raise ConfigError(f"train.batch_size {batch_size} not divisible by {mesh.size} devices")
+    replicated = NamedSharding(mesh, PartitionSpec())
+    for part in run.parts().values():
+        nnx.update(part, jax.device_put(nnx.state(part), replicated))
+    batch = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+    return lambda frames: jax.device_put(frames, batch)
+
+
+def train_vqgan(
+    vcfg: VQGANConfig,
+    tcfg: VQGANTrainConfig,
+    dcfg: FrameDataConfig,
+    workdir: str | pathlib.Path,
+    *,
+    bank: FrameBank | None = None,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+    max_seconds: float | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, float]:
+    """Trains (or resumes) in `workdir`; returns the last metrics. `bank` overrides data loading
+    (tests); `stop_after` ends the run early at that step (simulates an interruption);
+    `max_seconds` ends it (with an eval and a checkpoint) once that much time has passed.
+    `mesh`: data parallelism over all its devices (params replicated, batch split)."""
+    from tqdm import tqdm
+
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if bank is None:
+        bank = load_frame_bank(
+            dcfg.paths,
+            resolution=vcfg.resolution,
+            fps=dcfg.fps,
+            max_frames_per_video=dcfg.max_frames_per_video,
+            holdout_fraction=dcfg.holdout_fraction,
+        )
+    if bank.train.shape[1:] != (vcfg.resolution, vcfg.resolution, 3):
+        raise LwmError(f"frames {bank.train.shape[1:]} do not match resolution {vcfg.resolution}")
+    run = _Run(vcfg, tcfg)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=tcfg.keep, async_save=True)
+    start = 0
+    try:
+        latest = ckpt.latest_step()
+        if latest is not None:
+            meta = ckpt.metadata(latest)
+            saved = config_from_metadata(meta, str(workdir))
+            if saved != vcfg:
+                raise LwmError(
+                    f"{workdir}: holds a VQGAN of preset {saved.name!r} that differs from the "
+                    f"config ({vcfg.name!r}); use a new workdir"
+                )
+            if bool(meta.get("train", {}).get("gan")) != tcfg.gan:
+                raise LwmError(f"{workdir}: checkpoint and config disagree on train.gan")
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.state())
+            tree, meta, _ = ckpt.restore(latest, abstract_state=abstract)
+            run.load(tree)
+            start = int(meta["step"])
+        step_fn = make_train_step(tcfg)
+        put = _placement(run, mesh, tcfg.batch_size)
+        metrics_path = workdir / "metrics.jsonl"
+        last: dict[str, float] = {}
+        end = tcfg.steps if stop_after is None else min(tcfg.steps, stop_after)
+        grid_src = bank.eval if len(bank.eval) else bank.train
+        grid_src = grid_src[np.linspace(0, len(grid_src) - 1, tcfg.grid_frames).astype(int)]
+        bar = tqdm(
+            total=tcfg.steps,
+            initial=start,
+            unit="step",
+            disable=not show_progress,
+            file=sys.stderr,
+        )
+        t_last, s_last = time.perf_counter(), start
+        t_start = t_last
+        with open(metrics_path, "a") as mf:
+            for step in range(start, end):
+                frames = bank.batch(tcfg.seed, step, tcfg.batch_size, flip=dcfg.flip)
+                key = jax.random.fold_in(jax.random.key(tcfg.seed + 1), step)
+                m = step_fn(
+                    run.model,
+                    run.opt,
+                    run.disc,
+                    run.disc_opt,
+                    put(frames),
+                    key,
+                    jnp.asarray(step),
+                )
+                done = step + 1
+                bar.update(1)
+                is_last = done == end or (
+                    max_seconds is not None and time.perf_counter() - t_start > max_seconds
+                )
+                if done % tcfg.log_every == 0 or is_last:
+                    last = {k: float(v) for k, v in m.items()}
+                    now = time.perf_counter()
+                    last["steps_per_s"] = (done - s_last) / max(now - t_last, 1e-9)
+                    t_last, s_last = now, done
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{last['psnr']:.2f}")
+                    if not all(math.isfinite(v) for v in last.values()):
+                        raise LwmError(f"step {done}: non-finite metrics {last}")
+                if done % tcfg.eval_every == 0 or is_last:
+                    ev = evaluate(run.model, bank.eval)
+                    last.update(ev)
+                    recon = np.asarray(
+                        make_decode_fn(run.model)(make_encode_fn(run.model)(grid_src))
+                    )
+                    save_grid(workdir / "samples" / f"step_{done:07d}.png", grid_src, recon)
+                    bar.write(
+                        f"step {done}: " + " ".join(f"{k}={v:.4g}" for k, v in ev.items()),
+                        file=sys.stderr,
+                    )
+                if done % tcfg.log_every == 0 or done % tcfg.eval_every == 0 or is_last:
+                    mf.write(json.dumps({"step": done, **last}) + "\n")
+                    mf.flush()
+                if done % tcfg.save_every == 0 or is_last:
+                    ckpt.save(
+                        done,
+                        run.state(),
+                        metadata=vqgan_metadata(
+                            vcfg,
+                            train=dataclasses.asdict(tcfg),
+                            step=done,
+                            data={"paths": list(dcfg.paths)},
+                        ),
+                        force=True,
+                    )
+                if is_last:
+                    break
+        bar.close()
+    finally:
+        ckpt.close()
+    return last
