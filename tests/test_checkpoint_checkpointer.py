@@ -1,4 +1,5 @@
-"""Checkpointer: round trip, keep-K, cadence, resharding onto another mesh, partial restore."""
+"""Checkpointer: round trip, keep-K, preserved steps, cadence, resharding onto another mesh,
+partial restore."""
 
 import json
 
@@ -63,6 +64,21 @@ def test_round_trip_keep_and_cadence(tmp_path):
     assert not any(p.suffix in (".pkl", ".pickle") for p in files)
     meta_files = [p for p in files if "metadata" in p.parts and p.name == "metadata"]
     assert meta_files and json.loads(meta_files[0].read_text()) == {"step": 4, "stage": 1}
+
+
+def test_preserved_steps_survive_keep(tmp_path):
+    """Stage ends are kept whatever `keep` says (later stages and ablations start from them)."""
+    state = {"w": np.arange(4, dtype=np.float32)}
+    with Checkpointer(tmp_path, keep=2, async_save=True, preserve_steps=[2]) as ckpt:
+        for step in (1, 2, 3, 4, 5):
+            ckpt.save(step, state, metadata={"step": step})
+        ckpt.wait()
+        assert ckpt.all_steps() == [2, 4, 5]
+    with Checkpointer(tmp_path, keep=2, preserve_steps=[2]) as ckpt:  # a restart keeps it too
+        ckpt.save(6, state, metadata={"step": 6})
+        ckpt.wait()
+        assert ckpt.all_steps() == [2, 5, 6]
+        np.testing.assert_array_equal(ckpt.restore(2)[0]["w"], state["w"])
 
 
 def test_restore_onto_other_mesh_and_subtree(tmp_path):

@@ -1,5 +1,11 @@
-"""Acceptance: exact resume after SIGKILL, SIGTERM -> checkpoint + exit 0, 3-stage run with a
-restart inside stage 2, refusing an incompatible workdir, 2 processes vs 1."""
+"""Acceptance, against one uninterrupted 3-stage run (256 -> 512 -> 1024 tokens, theta rising,
+the last stage on its own mesh): SIGKILL inside stage 2 then a restart resumes in stage 2 with
+bit-identical losses; SIGTERM leaves a checkpoint of the current step and exit status 0; stage ends
+survive `keep`; 2 processes match 1; a workdir is never overwritten.
+
+Every run shares one persistent compilation cache, so each stage's step is compiled once for the
+whole module (subprocesses included).
+"""
 
 import json
 import os
@@ -12,149 +18,199 @@ import time
 import pytest
 
 from lwm.checkpoint import Checkpointer
+from lwm.cli.main import main
 from lwm.config import load_config
 from lwm.errors import LwmError
 from lwm.training.metrics import read_metrics
 from lwm.training.trainer import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-FAST = ["train.progress_bar=False", "train.peak_flops=1e12", "train.async_save=True"]
+CONFIG = "train_stages_debug"  # stages end at global steps 6, 12, 18
+FAST = ["train.progress_bar=False", "train.peak_flops=1e12", "train.keep=1"]
 
 
-def _cfg(*overrides):
-    return load_config("train_debug", [*FAST, *overrides])
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent compilation cache for this module's runs (this process and subprocesses)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
 
-
-def _lwm(args, **kw):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "lwm.cli.main", *args]
-    return subprocess.Popen(
-        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    path = str(tmp_path_factory.mktemp("xla_cache"))
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
     )
+    old = {n: getattr(jax.config, n) for n in names}
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    cc.reset_cache()
+    yield path
+    for n, v in old.items():
+        jax.config.update(n, v)
+    cc.reset_cache()
+
+
+def _env(cache):
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
+
+
+def _args(wd, *overrides):
+    return ["train", "--config", CONFIG, "--workdir", str(wd)] + [
+        f"--config.{o}" for o in (*FAST, *overrides)
+    ]
+
+
+def _lwm(args, cache, log_path):
+    """`lwm ...` in a subprocess, stderr to a file (read while it runs, no pipe to fill up)."""
+    cmd = [sys.executable, "-m", "lwm.cli.main", *args]
+    log = open(log_path, "w")  # noqa: SIM115 - closed by the caller through proc.log
+    proc = subprocess.Popen(
+        cmd, env=_env(cache), cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True
+    )
+    proc.log = log
+    return proc
 
 
 def _losses(workdir):
     return {r["step"]: r["loss"] for r in read_metrics(pathlib.Path(workdir) / "metrics.jsonl")}
 
 
-def _wait_for_step(workdir, step, proc, timeout=120):
+def _wait_until(cond, proc, log_path, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if max(_losses(workdir), default=0) >= step:
+        if cond():
             return
         if proc.poll() is not None:
-            raise AssertionError(f"process ended early: {proc.communicate()[1][-2000:]}")
+            raise AssertionError(
+                f"process ended early: {pathlib.Path(log_path).read_text()[-3000:]}"
+            )
         time.sleep(0.02)
     raise AssertionError("timed out")
 
 
+def _checkpoints(wd):
+    with Checkpointer(wd / "checkpoints") as ckpt:
+        return ckpt.all_steps(), (ckpt.metadata() if ckpt.latest_step() is not None else None)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("full")
-    train(_cfg("train.steps=12", "train.save_every=4"), wd, log=lambda m: None)
-    return _losses(wd)
-
-
-def _args(wd, *overrides):
-    args = ["train", "--config", "train_debug", "--workdir", str(wd)]
-    for o in (*FAST, *overrides):
-        args.append(f"--config.{o}")
-    return args
-
-
-def test_exact_resume_after_sigkill(tmp_path, uninterrupted):
-    assert sorted(uninterrupted) == list(range(1, 13))
-    wd = tmp_path / "run"
-    proc = _lwm(_args(wd, "train.steps=12", "train.save_every=4"))
-    _wait_for_step(wd, 6, proc)
-    t0 = time.time()  # kill once the (async) step-4 checkpoint is finalized, before step 8
-    while not (wd / "checkpoints" / "4").is_dir() and time.time() - t0 < 60:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    with Checkpointer(wd / "checkpoints") as ckpt:
-        last_ckpt = ckpt.latest_step()
-    logged = max(_losses(wd))
-    assert last_ckpt is not None and last_ckpt < 12 and last_ckpt % 4 == 0
-    train(_cfg("train.steps=12", "train.save_every=4"), wd, log=lambda m: None)
-    resumed = _losses(wd)
-    assert sorted(resumed) == list(range(1, 13))
-    # Every step after the checkpoint was recomputed by the new process: bit-identical losses.
-    for step in range(last_ckpt + 1, 13):
-        assert resumed[step] == uninterrupted[step], (step, logged)
-
-
-def test_sigterm_saves_current_step_and_exits_0(tmp_path):
-    wd = tmp_path / "run"
-    proc = _lwm(_args(wd, "train.steps=200", "train.save_every=1000"))
-    _wait_for_step(wd, 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    last_logged = max(_losses(wd))
-    with Checkpointer(wd / "checkpoints") as ckpt:
-        assert ckpt.latest_step() == last_logged
-        assert ckpt.metadata()["stage_step"] == last_logged
-    assert "SIGTERM: saved step" in err
-
-
-def test_three_stages_with_restart_in_stage_2(tmp_path):
-    wd = tmp_path / "stages"
-    cfg = load_config("train_stages_debug", FAST)
+def oracle(tmp_path_factory, compile_cache):
+    """The uninterrupted 3-stage run, in this process."""
+    wd = tmp_path_factory.mktemp("oracle")
     logs = []
-    res = train(cfg, wd, max_steps=8, log=logs.append)  # stages end at steps 6, 12, 18
-    assert res.preempted and res.stage == 1
-    with Checkpointer(wd / "checkpoints") as ckpt:
-        meta = ckpt.metadata()
-    assert (meta["step"], meta["stage"], meta["stage_step"]) == (8, 1, 2)
-    assert meta["model_config"]["rope_theta"] == 1e7
-    logs.clear()
-    res = train(load_config("train_stages_debug", FAST), wd, log=logs.append)
-    assert "stage 2/3" in logs[0] and "steps 2/6" in logs[0]  # resumed inside stage 2
-    assert not res.preempted and res.step == 18
+    res = train(load_config(CONFIG, FAST), wd, log=logs.append)
+    return wd, res, logs
+
+
+def test_three_stages_in_one_command(oracle):
+    wd, res, logs = oracle
+    assert not res.preempted and (res.step, res.stage) == (18, 2)
     records = read_metrics(wd / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 19))
     assert [r["stage"] for r in records] == [0] * 6 + [1] * 6 + [2] * 6
     assert [r["seq_len"] for r in records[::6]] == [256, 512, 1024]
+    assert all(r["loss"] > 0 for r in records)
+    assert records[-1]["loss"] < records[0]["loss"]  # it learns
+    assert sum("stage 3/3 seq_len 1024" in m for m in logs) == 1
     assert (wd / "loss_curve.png").stat().st_size > 1000
-    with Checkpointer(wd / "checkpoints") as ckpt:
-        meta = ckpt.metadata()
+    # keep=1, yet the ends of stages 1 and 2 (later stages start from them) are still there.
+    steps, meta = _checkpoints(wd)
+    assert steps == [6, 12, 18]
     assert meta["stage"] == 2 and meta["mesh"]["sp"] == 4
     assert meta["model_config"]["rope_theta"] == 2.5e7
 
 
-def test_workdir_never_overwritten(tmp_path):
+def test_sigkill_resume_in_stage_2_then_sigterm(tmp_path, oracle, compile_cache):
+    """Run A is killed (SIGKILL) in stage 2 between checkpoints; run B resumes inside stage 2 and
+    gets SIGTERM in stage 3; run C finishes. Every step's loss equals the oracle's bit for bit."""
+    uninterrupted = _losses(oracle[0])
     wd = tmp_path / "run"
-    train(_cfg("train.steps=2", "train.save_every=2"), wd, log=lambda m: None)
+    args = _args(wd, "train.save_every=4")  # checkpoints at 4, 6 (stage end), 8, 12, 16, 18
+
+    log_a = tmp_path / "a.log"
+    proc = _lwm(args, compile_cache, log_a)
+    _wait_until(lambda: (wd / "checkpoints" / "8").is_dir(), proc, log_a)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.log.close()
+    steps, meta = _checkpoints(wd)
+    assert steps[-1] == 8, f"killed too late: {steps} (logged {max(_losses(wd))})"
+    assert (meta["stage"], meta["stage_step"]) == (1, 2)
+    assert meta["model_config"]["rope_theta"] == 1e7
+
+    log_b = tmp_path / "b.log"
+    proc = _lwm(args, compile_cache, log_b)
+    _wait_until(lambda: max(_losses(wd), default=0) >= 14, proc, log_b)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    proc.log.close()
+    err = log_b.read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert "stage 2/3 seq_len 512" in err and "steps 2/6" in err  # resumed inside stage 2
+    last_logged = max(_losses(wd))
+    assert "SIGTERM: saved step" in err
+    steps, meta = _checkpoints(wd)
+    assert steps[-1] == last_logged and 14 <= last_logged < 18
+    assert (meta["stage"], meta["stage_step"]) == (2, last_logged - 12)
+
+    logs = []
+    res = train(load_config(CONFIG, [*FAST, "train.save_every=4"]), wd, log=logs.append)
+    assert not res.preempted and res.step == 18
+    assert f"steps {last_logged - 12}/6" in logs[0]
+    resumed = _losses(wd)
+    assert sorted(resumed) == list(range(1, 19))
+    for step in range(1, 19):
+        assert resumed[step] == uninterrupted[step], step
+
+
+def test_workdir_never_overwritten(tmp_path, oracle, capsys):
+    wd = oracle[0]
+    cfg = load_config(CONFIG, [*FAST, "model.hidden_size=32"])
     with pytest.raises(LwmError, match="different model"):
-        train(_cfg("model.hidden_size=32", "train.steps=2"), wd, log=lambda m: None)
+        train(cfg, wd, log=lambda m: None)
     other = tmp_path / "other"
     other.mkdir()
     (other / "precious.txt").write_text("x")
-    proc = _lwm(_args(other, "train.steps=2"))
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "holds no lwm checkpoint" in err
-    assert len(err.strip().splitlines()) == 1
+    assert main(_args(other)) == 2
+    err = capsys.readouterr().err
+    assert "holds no lwm checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in other.iterdir()) == ["precious.txt"]
     assert (other / "precious.txt").read_text() == "x"
+    # A finished run is not redone.
+    logs = []
+    res = train(load_config(CONFIG, FAST), wd, log=logs.append)
+    assert res.step == 18 and "already done" in logs[0]
 
 
 @pytest.mark.multiprocess
-def test_two_processes_match_one(tmp_path, uninterrupted):
+def test_two_processes_match_one(tmp_path, oracle, compile_cache):
+    """2 processes x 1 device (mesh fsdp=2) vs the oracle's 8-device mesh (fsdp=2, tp=2, sp=2)."""
+    uninterrupted = _losses(oracle[0])
     wd = tmp_path / "mp"
-    env = dict(os.environ, LWM_BIN=f"{sys.executable} -m lwm.cli.main")
+    env = dict(_env(compile_cache), LWM_BIN=f"{sys.executable} -m lwm.cli.main")
     env.pop("XLA_FLAGS", None)
     cmd = [
         str(REPO / "scripts" / "launch_local.sh"),
         "2",
         "--",
-        *_args(wd, "train.steps=12", "train.save_every=4", "mesh.fsdp=2"),
+        *_args(wd, "mesh.tp=1", "mesh.sp=1", "stages.2.mesh.tp=1", "stages.2.mesh.sp=1"),
         "--max-steps",
         "2",
     ]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = _losses(wd)
     assert sorted(losses) == [1, 2]
     for step in (1, 2):
         assert abs(losses[step] - uninterrupted[step]) <= 1e-5
-    assert json.loads((wd / "config.json").read_text())["mesh"]["fsdp"] == 2
+    assert json.loads((wd / "config.json").read_text())["mesh"]["fsdp"] == -1
+    with Checkpointer(wd / "checkpoints") as ckpt:
+        assert ckpt.metadata()["mesh"] == {"dp": 1, "fsdp": 2, "tp": 1, "sp": 1}

@@ -1,5 +1,5 @@
 """Training building blocks against oracles: schedules, decay mask, AdamW, split loss, grad
-accumulation, mesh equivalence, and config validation errors."""
+accumulation and mesh equivalence, a ring-attention train step, config validation errors."""
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,7 @@ from lwm.training.loss import loss_normalizer, split_loss_terms
 from lwm.training.optimizer import make_optimizer, weight_decay_mask
 from lwm.training.schedule import make_schedule
 from lwm.training.synthetic_data import synthetic_batch
-from lwm.training.train_state import init_params, model_def, rng_data
+from lwm.training.train_state import model_def, rng_data
 from lwm.training.train_step import (
     batch_shardings,
     jit_train_step,
@@ -115,9 +115,35 @@ def test_split_loss_matches_numpy():
     assert float(norm0.text_weight) == 1.0 and float(norm0.vision_weight) == 0.0
 
 
+RING = CFG.replace(
+    attention=dict(backend="ring", query_chunk_size=4, key_chunk_size=4, layout="zigzag")
+)
+
+
+def _one_step(mdef, opt, sched, host, mesh, params, grad_accum=1):
+    """One jitted train step from host `params` on `mesh`; host state and float metrics."""
+    st_sh = state_shardings(mdef, opt, mesh)
+    state = {
+        "step": np.asarray(0, np.int32),
+        "params": params,
+        "opt_state": opt.init(params),
+        "rng": np.asarray(rng_data(0)),
+    }
+    state = jax.device_put(state, st_sh)
+    b_sh = batch_shardings(mesh, 4, 32)
+    batch = {k: jax.device_put(v, b_sh[k]) for k, v in host.items()}
+    fn = make_train_step(
+        mdef, opt, sched, text_weight=0.5, vision_weight=0.5, grad_accum=grad_accum
+    )
+    new, metrics = jit_train_step(fn, st_sh, b_sh, mesh)(state, batch)
+    return jax.device_get(new), {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
 @pytest.fixture(scope="module")
-def step_setup():
-    mdef1 = model_def(CFG, make_mesh({"dp": 1, "fsdp": 1, "tp": 1, "sp": 1}, jax.devices()[:1]))
+def single_device_step():
+    """The oracle: dense attention, one device, no accumulation (text + vision batch)."""
+    mesh1 = make_mesh({"dp": 1, "fsdp": 1, "tp": 1, "sp": 1}, jax.devices()[:1])
+    mdef1 = model_def(CFG, mesh1)
     mask = weight_decay_mask(mdef1.abstract_pure_params())
     opt = make_optimizer(
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, decay_mask=mask, clip_norm=1.0
@@ -132,49 +158,41 @@ def step_setup():
         vision_vocab_size=16,
         vision_fraction=1.0,
     )
-    return mdef1, opt, sched, host
-
-
-def _one_step(mdef, opt, sched, host, mesh, grad_accum=1, params=None):
-    st_sh = state_shardings(mdef, opt, mesh)
-    p = init_params(mdef, 0, mesh) if params is None else jax.device_put(params, st_sh["params"])
-    state = {
-        "step": jnp.asarray(0, jnp.int32),
-        "params": p,
-        "opt_state": opt.init(p),
-        "rng": rng_data(0),
-    }
-    state = jax.device_put(state, st_sh)
-    b_sh = batch_shardings(mesh, 4, 32)
-    batch = {k: jax.device_put(v, b_sh[k]) for k, v in host.items()}
-    fn = make_train_step(
-        mdef, opt, sched, text_weight=0.5, vision_weight=0.5, grad_accum=grad_accum
-    )
-    new, metrics = jit_train_step(fn, st_sh, b_sh, mesh)(state, batch)
-    return jax.device_get(new), {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-def test_grad_accum_and_8_device_mesh_match_single_device(step_setup):
-    mdef1, opt, sched, host = step_setup
     assert host["target_vision_mask"].any() and (~host["target_vision_mask"]).any()
-    mesh1 = make_mesh({"dp": 1, "fsdp": 1, "tp": 1, "sp": 1}, jax.devices()[:1])
-    base_state, base = _one_step(mdef1, opt, sched, host, mesh1)
+    # Random host params (norm scales too): cheaper than compiling the initializers.
+    rng = np.random.default_rng(0)
+    params0 = jax.tree.map(
+        lambda x: (0.2 * rng.standard_normal(x.shape)).astype(x.dtype),
+        mdef1.abstract_pure_params(),
+    )
+    base_state, base = _one_step(mdef1, opt, sched, host, mesh1, params0)
     assert base["vision_loss"] > 0 and base["text_loss"] > 0
-    params0 = jax.device_get(init_params(mdef1, 0, mesh1))
+    return opt, sched, host, params0, base_state, base
 
-    _, acc = _one_step(mdef1, opt, sched, host, mesh1, grad_accum=2, params=params0)
+
+def _assert_same_step(got_state, got, base_state, base):
     for k in ("loss", "text_loss", "vision_loss", "accuracy", "grad_norm"):
-        assert acc[k] == pytest.approx(base[k], abs=1e-5), k
-
-    mesh8 = make_mesh({"dp": 1, "fsdp": 2, "tp": 2, "sp": 2})
-    mdef8 = model_def(CFG, mesh8)
-    state8, m8 = _one_step(mdef8, opt, sched, host, mesh8, params=params0)
-    assert abs(m8["loss"] - base["loss"]) <= 1e-5
-    assert abs(m8["grad_norm"] - base["grad_norm"]) <= 1e-5
+        assert abs(got[k] - base[k]) <= 1e-5, (k, got[k], base[k])
     # Adam's first step is ~lr * sign(grad): a gradient within rounding of 0 may flip sign, so
     # params agree to 1e-6 on average and within 2 * lr everywhere.
-    for a, b in zip(jax.tree.leaves(state8["params"]), jax.tree.leaves(base_state["params"])):
+    for a, b in zip(jax.tree.leaves(got_state["params"]), jax.tree.leaves(base_state["params"])):
         assert np.mean(np.abs(a - b)) < 1e-6 and np.max(np.abs(a - b)) <= 2e-2
+
+
+def test_8_device_mesh_with_grad_accum_matches_single_device(single_device_step):
+    """Mesh (dp=1, fsdp=2, tp=2, sp=2), the batch in 2 microbatches: the same step."""
+    opt, sched, host, params0, base_state, base = single_device_step
+    mesh8 = make_mesh({"dp": 1, "fsdp": 2, "tp": 2, "sp": 2})
+    state8, m8 = _one_step(model_def(CFG, mesh8), opt, sched, host, mesh8, params0, grad_accum=2)
+    _assert_same_step(state8, m8, base_state, base)
+
+
+def test_ring_attention_step_matches_dense_single_device(single_device_step):
+    """Ring attention over sp=4 (zigzag, 2 chunks per half-block), batch over fsdp=2."""
+    opt, sched, host, params0, base_state, base = single_device_step
+    mesh = make_mesh({"dp": 1, "fsdp": 2, "tp": 1, "sp": 4})
+    state, m = _one_step(model_def(RING, mesh), opt, sched, host, mesh, params0)
+    _assert_same_step(state, m, base_state, base)
 
 
 def test_config_errors_before_compute():

@@ -79,7 +79,8 @@ def _nest(keys: tuple[str, ...], value: Any) -> Any:
 
 
 class Checkpointer:
-    """Saves and restores train states under `directory`, keeping the newest `keep` steps.
+    """Saves and restores train states under `directory`, keeping the newest `keep` steps (and
+    any `preserve_steps`).
 
     Every process of a multi-process job must make the same calls (orbax coordinates the writes;
     JSON items are written by the primary process only).
@@ -92,9 +93,12 @@ class Checkpointer:
         keep: int | None = 3,
         save_every: int | None = None,
         async_save: bool = True,
+        preserve_steps: Sequence[int] = (),
     ):
         """`keep`: newest steps kept (None = all); `save_every`: `save()` without `force` writes
-        only steps divisible by it (None = every call); `async_save`: write in the background."""
+        only steps divisible by it (None = every call); `async_save`: write in the background;
+        `preserve_steps`: steps never pruned by `keep` (e.g. the ends of training stages, the
+        starting points of later stages and of ablations)."""
         self.directory = pathlib.Path(directory).expanduser().resolve()
         if keep is not None and keep < 1:
             raise CheckpointError(f"keep must be >= 1 or None, got {keep}")
@@ -102,8 +106,14 @@ class Checkpointer:
             raise CheckpointError(f"save_every must be >= 1 or None, got {save_every}")
         self.keep = keep
         self.save_every = save_every
+        self.preserve_steps = tuple(sorted({int(x) for x in preserve_steps}))
+        # LatestN(None) keeps everything.
+        policies = [
+            ocp.checkpoint_managers.LatestN(n=keep),
+            ocp.checkpoint_managers.CustomSteps(self.preserve_steps),
+        ]
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save,
             create=True,
             cleanup_tmp_directories=True,

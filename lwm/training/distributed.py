@@ -32,9 +32,3 @@ def maybe_initialize_distributed() -> bool:
         jax.distributed.initialize()
         _initialized = True
     return _initialized
-
-
-def is_primary() -> bool:
-    import jax
-
-    return jax.process_index() == 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import pathlib
 import sys
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from lwm.checkpoint import Checkpointer
 from lwm.errors import ConfigError, LwmError
@@ -74,8 +74,16 @@ def _mesh_dict(config: ml_collections.ConfigDict) -> dict[str, int]:
     }
 
 
-def parse_run(config: ml_collections.ConfigDict, num_devices: int | None = None) -> RunSpec:
-    """Builds typed configs and checks shapes against meshes; raises one-line ConfigErrors."""
+def parse_run(
+    config: ml_collections.ConfigDict,
+    num_devices: int | None = None,
+    *,
+    check_shapes: bool = True,
+) -> RunSpec:
+    """Builds typed configs and checks shapes against meshes; raises one-line ConfigErrors.
+
+    `check_shapes=False` skips the per-stage length/batch divisibility checks (for callers that
+    change a stage's shape first and check it themselves, like `lwm plan --seq-len`)."""
     num_devices = jax.device_count() if num_devices is None else num_devices
     if "model" not in config:
         raise ConfigError("config has no `model` section")
@@ -89,13 +97,15 @@ def parse_run(config: ml_collections.ConfigDict, num_devices: int | None = None)
         sizes = dict(st.mesh) if st.mesh is not None else dict(base_mesh)
         shape = dict(zip(MESH_AXES, resolve_mesh_shape(sizes, num_devices)))
         meshes.append(shape)
-        _check_stage_shapes(model, st, shape)
+        if check_shapes:
+            check_stage_shapes(model, st, shape)
     data = config.get("data") or {}
     data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
     return RunSpec(config, model, train, stages, meshes, data)
 
 
-def _check_stage_shapes(model: ModelConfig, st: ResolvedStage, mesh: Mapping[str, int]) -> None:
+def check_stage_shapes(model: ModelConfig, st: ResolvedStage, mesh: Mapping[str, int]) -> None:
+    """One-line ConfigErrors for a batch or length the stage's mesh and attention cannot split."""
     where = f"stages[{st.index}]"
     sp, batch_par = mesh["sp"], mesh["dp"] * mesh["fsdp"]
     micro = st.batch_size // st.grad_accum
@@ -126,6 +136,46 @@ def _check_stage_shapes(model: ModelConfig, st: ResolvedStage, mesh: Mapping[str
 
 def stage_model_config(model: ModelConfig, st: ResolvedStage) -> ModelConfig:
     return model.replace(rope_theta=st.rope_theta, max_sequence_length=st.max_sequence_length)
+
+
+def stage_optimizer(train: TrainConfig, mdef: ModelDef) -> optax.GradientTransformation:
+    """AdamW with clipping and the configured weight-decay mask over `mdef`'s params."""
+    return make_optimizer(
+        b1=train.b1,
+        b2=train.b2,
+        eps=train.eps,
+        weight_decay=train.weight_decay,
+        decay_mask=weight_decay_mask(
+            mdef.abstract_pure_params(), train.weight_decay_exclude, decay_1d=train.decay_1d_params
+        ),
+        clip_norm=train.clip_norm,
+    )
+
+
+def stage_step_fn(
+    train: TrainConfig,
+    st: ResolvedStage,
+    mdef: ModelDef,
+    optimizer: optax.GradientTransformation,
+    stage_start: int,
+) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """The (un-jitted) train step of stage `st`, whose first global step is `stage_start`."""
+    schedule = make_schedule(
+        st.schedule,
+        lr=st.lr,
+        steps=st.steps,
+        warmup_steps=st.warmup_steps,
+        end_lr_ratio=st.end_lr_ratio,
+    )
+    return make_train_step(
+        mdef,
+        optimizer,
+        schedule,
+        text_weight=train.text_loss_weight,
+        vision_weight=train.vision_loss_weight,
+        grad_accum=st.grad_accum,
+        stage_start_step=stage_start,
+    )
 
 
 def param_fingerprint(mdef: ModelDef) -> str:
@@ -181,20 +231,22 @@ class Trainer:
 
     # -- workdir ---------------------------------------------------------------------------
 
+    def _refuse_foreign(self) -> None:
+        """A workdir holding files that are not ours and no checkpoint is not touched."""
+        if not self.workdir.is_dir():
+            return
+        foreign = [p.name for p in self.workdir.iterdir() if p.name not in OWN_FILES]
+        if foreign:
+            raise LwmError(
+                f"workdir {self.workdir} is not empty and holds no lwm checkpoint "
+                f"(found {sorted(foreign)[:3]}); use a new directory"
+            )
+
     def _check_workdir(self, ckpt: Checkpointer, fingerprint: str) -> dict | None:
         """The resume metadata, or None for a fresh start; refuses what it must not touch."""
         step = ckpt.latest_step()
         if step is None:
-            foreign = (
-                [p.name for p in self.workdir.iterdir() if p.name not in OWN_FILES]
-                if self.workdir.is_dir()
-                else []
-            )
-            if foreign:
-                raise LwmError(
-                    f"workdir {self.workdir} is not empty and holds no lwm checkpoint "
-                    f"(found {sorted(foreign)[:3]}); use a new directory"
-                )
+            self._refuse_foreign()
             return None
         meta = ckpt.metadata(step)
         if meta.get("param_fingerprint") != fingerprint:
@@ -217,12 +269,15 @@ class Trainer:
     def run(self) -> TrainResult:
         spec = self.spec
         fingerprint = param_fingerprint(model_def(spec.model, None))
+        if not (self.workdir / "checkpoints").is_dir():
+            self._refuse_foreign()  # before creating anything in it
         self.workdir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(
             self.workdir / "checkpoints",
             keep=spec.train.keep,
             save_every=spec.train.save_every,
             async_save=spec.train.async_save,
+            preserve_steps=self.stage_starts[1:],  # stage ends: later stages start from them
         )
         try:
             resume = self._check_workdir(ckpt, fingerprint)
@@ -256,18 +311,7 @@ class Trainer:
             mesh = make_mesh(spec.mesh_sizes[si])
             mcfg = stage_model_config(spec.model, st)
             mdef = model_def(mcfg, mesh)
-            optimizer = make_optimizer(
-                b1=spec.train.b1,
-                b2=spec.train.b2,
-                eps=spec.train.eps,
-                weight_decay=spec.train.weight_decay,
-                decay_mask=weight_decay_mask(
-                    mdef.abstract_pure_params(),
-                    spec.train.weight_decay_exclude,
-                    decay_1d=spec.train.decay_1d_params,
-                ),
-                clip_norm=spec.train.clip_norm,
-            )
+            optimizer = stage_optimizer(spec.train, mdef)
             st_sh = state_shardings(mdef, optimizer, mesh)
             data_state = None
             if resume_mid_stage or (params is None and prev_stage_meta is not None):
@@ -336,22 +380,7 @@ class Trainer:
         spec, train = self.spec, self.spec.train
         stage_start = self.stage_starts[si]
         stage_end = stage_start + st.steps
-        schedule = make_schedule(
-            st.schedule,
-            lr=st.lr,
-            steps=st.steps,
-            warmup_steps=st.warmup_steps,
-            end_lr_ratio=st.end_lr_ratio,
-        )
-        step_fn = make_train_step(
-            mdef,
-            optimizer,
-            schedule,
-            text_weight=train.text_loss_weight,
-            vision_weight=train.vision_loss_weight,
-            grad_accum=st.grad_accum,
-            stage_start_step=stage_start,
-        )
+        step_fn = stage_step_fn(train, st, mdef, optimizer, stage_start)
         jitted = jit_train_step(
             step_fn, st_sh, batch_shardings(mesh, st.batch_size, st.seq_len), mesh
         )
@@ -487,7 +516,3 @@ def train(
     spec = parse_run(config)
     result = Trainer(spec, workdir, log=log, max_steps=max_steps).run()
     return result
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
