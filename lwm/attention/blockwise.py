@@ -179,6 +179,18 @@ def init_state(q: jax.Array) -> State:
     )
 
 
+def _loop_variant(idx: jax.Array, x: jax.Array) -> jax.Array:
+    """`idx` with a (value-free) data dependency on `x`.
+
+    Row indices are constants, so under a scan over layers JAX's partial evaluation treats every
+    mask built from them as loop-invariant and hoists it out of the layer loop, materialising all
+    chunk pairs' masks at once (O(T^2) memory). Tying the indices to this layer's q/k keeps the
+    masks inside the chunk loops. The added term is always 0 (also for NaN/inf inputs).
+    """
+    zero = jnp.where(jnp.isnan(x.reshape(-1)[0]), 0, 0).astype(idx.dtype)
+    return idx + zero
+
+
 def forward_step(
     q: jax.Array,
     k: jax.Array,
@@ -191,6 +203,7 @@ def forward_step(
     spec: MaskSpec,
 ) -> State:
     """Attends chunked queries to one key/value block, updating the online-softmax state."""
+    q_idx, kv_idx = _loop_variant(q_idx, q), _loop_variant(kv_idx, k)
     kinds = block_kinds(q_idx, kv_idx, q_seg, kv_seg, spec)
 
     def q_body(_, xs):
@@ -259,6 +272,7 @@ def backward_step(
 
     `q` is pre-scaled, so dq here is w.r.t. the scaled queries (the caller multiplies by scale).
     """
+    q_idx, kv_idx = _loop_variant(q_idx, q), _loop_variant(kv_idx, k)
     kinds = block_kinds(q_idx, kv_idx, q_seg, kv_seg, spec)
     kv_zero = jnp.zeros(k.shape[1:], jnp.float32)
 

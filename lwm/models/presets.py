@@ -63,9 +63,7 @@ PRESETS: dict[str, dict] = {
     # LLaMA-2 7B.
     "7b": dict(_LLAMA2_7B),
     # LWM-7B: LLaMA-2 7B + vision (8192 VQ codes + 256 reserved; end-of-frame 8192, end-of-video
-    # 8193), at its final 1M-token stage (RoPE theta 50M), ring attention, rematted blocks.
-    # Layers are unrolled, not scanned: under a layer scan, XLA keeps the ring/blockwise kernels'
-    # per-chunk scores for the backward (jax 0.10.2), ~18x more temporary memory at 1M tokens.
+    # 8193), at its final 1M-token stage (RoPE theta 50M), ring attention, scanned + rematted.
     "lwm-7b": dict(
         _LLAMA2_7B,
         vision_vocab_size=8448,
@@ -73,7 +71,7 @@ PRESETS: dict[str, dict] = {
         vision_eov_id=8193,
         rope_theta=50_000_000.0,
         max_sequence_length=1_048_576,
-        scan_layers=False,
+        scan_layers=True,
         remat_policy="full",
         param_dtype="float32",
         dtype="bfloat16",
