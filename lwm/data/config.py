@@ -16,6 +16,8 @@ LongExamples = Literal["split", "truncate", "drop"]
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    source: str = "dataset"
+    """What the trainer reads: `dataset` (this loader) or `synthetic` (the trainer's own source)."""
     path: str = ""
     """Directory written by `lwm data build` (holds dataset_info.json and array_record shards)."""
     split: str = "train"

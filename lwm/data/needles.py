@@ -17,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from lwm.data.synth import noise_sentences, random_sentences, text_dir_sentences
+from lwm.data.synth import (
+    jsonl_sentences,
+    noise_sentences,
+    random_sentences,
+    text_dir_sentences,
+)
 from lwm.data.tokenizer import Tokenizer
 from lwm.errors import LwmError
 
@@ -99,12 +104,15 @@ class NeedleTask:
 
 
 class Haystack:
-    """A source of filler sentences: `noise`, `random`, or a directory of `.txt` files."""
+    """A source of filler sentences: `noise`, `random`, a directory of `.txt` files, or a `.jsonl`
+    file of documents (their `text` field)."""
 
     def __init__(self, kind: str | pathlib.Path = "noise"):
         self.kind = str(kind)
         self._dir_sents: list[str] | None = None
-        if self.kind not in ("noise", "random"):
+        if self.kind.endswith(".jsonl") and pathlib.Path(self.kind).is_file():
+            self._dir_sents = jsonl_sentences(self.kind)
+        elif self.kind not in ("noise", "random"):
             self._dir_sents = text_dir_sentences(self.kind)
 
     def sentences(self, n: int, rng: np.random.Generator) -> list[str]:

@@ -138,3 +138,27 @@ def text_dir_sentences(directory: str | pathlib.Path) -> list[str]:
     if not sents:
         raise LwmError(f"haystack directory {d} holds no text (.txt files)")
     return sents
+
+
+def jsonl_sentences(path: str | pathlib.Path, key: str = "text") -> list[str]:
+    """All sentences of the `key` field of each record of a `.jsonl` file (e.g. documents)."""
+    import json
+
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise LwmError(f"haystack file not found: {p}")
+    sents: list[str] = []
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LwmError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
+                raise LwmError(f"{p}:{lineno}: expected an object with a string {key!r} field")
+            sents.extend(split_sentences(rec[key]))
+    if not sents:
+        raise LwmError(f"haystack file {p} holds no text")
+    return sents

@@ -1,0 +1,109 @@
+"""`lwm chat --checkpoint C --vqgan V --video FILE --question Q [--question Q2 ...]`: video QA.
+
+The video (or image: a one-frame video) is read with the streaming reader, VQGAN-encoded in
+batches and prefilled *once* as the prefix `<s>{system} USER: <vision>[video]</vision>`; each
+question (`\\n{question} ASSISTANT:`) is answered from that cached prefix, so asking many questions
+costs one encode and one long prefill. Without --question, questions are read from stdin, one per
+line, until EOF (interactive mode). The template is configurable with --template / --system
+(see `lwm.inference.prompts`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from lwm.inference.runtime import add_model_args, add_sampling_args
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("chat", help="answer questions about a video or image")
+    add_model_args(p)
+    p.add_argument("--vqgan", required=True, help="VQGAN checkpoint (lwm vqgan train)")
+    p.add_argument("--video", required=True, help="video or image file")
+    p.add_argument(
+        "--question",
+        action="append",
+        default=[],
+        help="question (repeatable); none = read questions from stdin",
+    )
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--frames", type=int, default=None, help="frames evenly spaced over the video")
+    sel.add_argument(
+        "--fps", type=float, default=None, help="frames per second to read (default 1)"
+    )
+    p.add_argument("--start", type=float, default=None, help="start time in seconds")
+    p.add_argument("--end", type=float, default=None, help="end time in seconds")
+    p.add_argument("--encode-batch", type=int, default=16, help="frames per VQGAN encode call")
+    add_sampling_args(p)
+    p.set_defaults(func=_run)
+
+
+def _questions(args):
+    if args.question:
+        yield from args.question
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("question> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lwm.errors import LwmError
+    from lwm.inference.runtime import (
+        TextStreamer,
+        load_model_from_args,
+        load_template,
+        load_tokenizer,
+        make_sampler,
+        sampling_from_args,
+    )
+    from lwm.inference.video_qa import VideoQA, check_vision_model
+    from lwm.models.io import read_model_config
+    from lwm.video.vqgan import load_vqgan
+
+    sampling = sampling_from_args(args)
+    template = load_template(args)
+    if args.encode_batch < 1:
+        raise LwmError(f"--encode-batch must be >= 1, got {args.encode_batch}")
+    # Cheap checks first: a text-only checkpoint fails before any weights are read.
+    check_vision_model(read_model_config(args.checkpoint), 0, where=str(args.checkpoint))
+    tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
+    vqgan = load_vqgan(args.vqgan)
+    model, mesh = load_model_from_args(args)
+    qa = VideoQA(
+        make_sampler(model, mesh, args),
+        tokenizer,
+        vqgan,
+        template=template,
+        encode_batch=args.encode_batch,
+    )
+    fps = args.fps if args.fps is not None or args.frames is not None else 1.0
+    t0 = time.perf_counter()
+    ctx = qa.load(args.video, frames=args.frames, fps=fps, start=args.start, end=args.end)
+    print(
+        f"[{args.video}: {ctx.n_frames} frames, {ctx.vision_tokens} vision tokens, prefix of "
+        f"{ctx.prefix.num_tokens} tokens encoded and prefilled in {time.perf_counter() - t0:.1f}s]",
+        file=sys.stderr,
+    )
+    for question in _questions(args):
+        print(f"Q: {question}")
+        print("A: ", end="", flush=True)
+        streamer = TextStreamer(tokenizer, stop_id=tokenizer.eos_id)
+        qa.ask_tokens(
+            ctx,
+            question,
+            max_new_tokens=args.max_new_tokens,
+            sampling=sampling,
+            seed=args.seed,
+            stream=streamer.callback(),
+        )
+        streamer.finish()
+    return 0

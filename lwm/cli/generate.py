@@ -1,0 +1,107 @@
+"""`lwm generate --checkpoint C --prompt TEXT [...]`: text generation with the KV-cache sampler.
+
+One prompt streams its completion to stdout as it is decoded; several prompts (repeat --prompt)
+run as one left-padded batch and print one completion per line block. `--prompt-ids` takes token
+ids directly (comma-separated) and prints ids, for checkpoints without a tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lwm.inference.runtime import add_model_args, add_sampling_args
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate text from a checkpoint (KV-cache sampler)")
+    add_model_args(p)
+    p.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
+    p.add_argument(
+        "--prompt-ids", action="append", default=[], help="prompt as comma-separated token ids"
+    )
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="keep the last tokens of a prompt longer than the model's max_sequence_length",
+    )
+    p.add_argument("--no-stream", action="store_true", help="print only when done")
+    add_sampling_args(p)
+    p.set_defaults(func=_run)
+
+
+def _parse_ids(text: str) -> list[int]:
+    from lwm.errors import LwmError
+
+    try:
+        ids = [int(x) for x in text.replace(" ", ",").split(",") if x]
+    except ValueError:
+        raise LwmError(f"--prompt-ids {text!r}: expected comma-separated integers") from None
+    if not ids:
+        raise LwmError("--prompt-ids is empty")
+    return ids
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lwm.errors import LwmError
+    from lwm.inference.prompts import chat_prompt
+    from lwm.inference.runtime import (
+        TextStreamer,
+        load_model_from_args,
+        load_template,
+        load_tokenizer,
+        make_sampler,
+        sampling_from_args,
+    )
+
+    if bool(args.prompt) == bool(args.prompt_ids):
+        raise LwmError("give --prompt TEXT or --prompt-ids IDS (one kind, repeatable)")
+    sampling = sampling_from_args(args)
+    template = load_template(args)
+    model, mesh = load_model_from_args(args)
+    vocab = model.config.vocab_size
+    if args.prompt_ids:
+        tokenizer = None
+        prompts = [_parse_ids(t) for t in args.prompt_ids]
+        bad = [i for p in prompts for i in p if not 0 <= i < vocab]
+        if bad:
+            raise LwmError(f"--prompt-ids: token {bad[0]} outside the vocabulary [0, {vocab})")
+        eos = None
+    else:
+        tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
+        if tokenizer.vocab_size > vocab:
+            raise LwmError(
+                f"tokenizer has {tokenizer.vocab_size} pieces but the model only {vocab} tokens"
+            )
+        if args.chat:
+            prompts = [chat_prompt(tokenizer, template, p) for p in args.prompt]
+        else:
+            prompts = [tokenizer.encode(p, bos=template.bos) for p in args.prompt]
+        eos = tokenizer.eos_id
+    sampler = make_sampler(model, mesh, args)
+    streamer = None
+    if tokenizer is not None and len(prompts) == 1 and not args.no_stream:
+        streamer = TextStreamer(tokenizer, stop_id=eos)
+    outs = sampler.generate(
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        sampling=sampling,
+        eos_id=eos,
+        seed=args.seed,
+        truncate=args.truncate,
+        stream=streamer.callback() if streamer else None,
+    )
+    if streamer is not None:
+        streamer.finish()
+        return 0
+    for i, out in enumerate(outs):
+        if len(outs) > 1:
+            print(f"--- {i}")
+        if tokenizer is None:
+            print(" ".join(str(t) for t in out))
+        else:
+            text = tokenizer.decode(out[:-1] if out and out[-1] == eos else out)
+            print(text)
+    sys.stdout.flush()
+    return 0

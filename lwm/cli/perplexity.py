@@ -1,0 +1,62 @@
+"""`lwm perplexity`: perplexity of a fixed last segment as the context before it grows."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "perplexity",
+        help="perplexity of the last segment of a text as the context grows (with a plot)",
+        description="For windows spread over the text, reads the L tokens ending at each window "
+        "end and scores the last --segment tokens; the scored tokens are the same at every L, so "
+        "the curve shows how much longer context helps. Writes OUT/perplexity.png and .json.",
+    )
+    p.add_argument("--checkpoint", required=True, help="model checkpoint or training workdir")
+    p.add_argument("--tokenizer", help="sentencepiece model (default: CHECKPOINT/tokenizer.model)")
+    p.add_argument("--text", required=True, help="a UTF-8 text file (long enough for --lengths)")
+    p.add_argument("--lengths", required=True, help="context lengths in tokens, e.g. 1k,2k,4k")
+    p.add_argument("--segment", type=int, default=256, help="scored tokens at the end")
+    p.add_argument("--windows", type=int, default=4, help="window ends spread over the text")
+    p.add_argument("--mesh", default=None, help="e.g. sp=8 (default: sp over all devices for ring)")
+    p.add_argument("--out", default="perplexity_out", help="directory for the plot and json")
+    p.add_argument(
+        "--skip-too-long",
+        action="store_true",
+        help="skip lengths beyond the checkpoint's max_sequence_length",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lwm.cli.data import parse_lengths
+    from lwm.evals.model_runner import _model_dir
+    from lwm.evals.needle import check_lengths
+    from lwm.evals.run import evaluate_perplexity
+    from lwm.inference.runtime import load_tokenizer
+    from lwm.models.io import read_model_config
+
+    lengths = sorted(parse_lengths(args.lengths))
+    cfg = read_model_config(_model_dir(args.checkpoint))
+    lengths = check_lengths(
+        lengths,
+        cfg.max_sequence_length,
+        skip_too_long=args.skip_too_long,
+        warn=lambda m: print(f"lwm perplexity: warning: {m}", file=sys.stderr),
+    )
+    tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
+    print(
+        evaluate_perplexity(
+            args.checkpoint,
+            tokenizer,
+            args.text,
+            lengths=lengths,
+            out_dir=args.out,
+            segment=args.segment,
+            windows=args.windows,
+            mesh_spec=args.mesh,
+        )
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""The end-to-end demo (`lwm demo` / `make demo`): generated data, staged training, evals."""

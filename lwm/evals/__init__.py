@@ -1,0 +1,1 @@
+"""Long-context evals: needle-in-a-haystack grids, perplexity vs context length, reports."""

@@ -1,0 +1,176 @@
+"""Shared plumbing of the inference commands: mesh, model, tokenizer, sampling flags, streaming."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Callable
+
+from lwm.errors import LwmError
+
+TOKENIZER_FILENAMES = ("tokenizer.model",)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="lwm model checkpoint or training workdir")
+    p.add_argument(
+        "--tokenizer",
+        help="sentencepiece model (default: tokenizer.model inside the checkpoint directory)",
+    )
+    p.add_argument(
+        "--mesh",
+        default=None,
+        help="device mesh, e.g. 'sp=8' or 'dp=1,tp=2,sp=4' (default: one device)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="compute dtype (default: the checkpoint's)",
+    )
+    p.add_argument("--prefill-chunk", type=int, default=512, help="tokens per prefill step")
+    p.add_argument(
+        "--max-cache-len", type=int, default=None, help="fixed KV-cache capacity (default: auto)"
+    )
+    p.add_argument("--template", default=None, help="JSON file overriding prompt template fields")
+    p.add_argument("--system", default=None, help="system sentence of the prompt template")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float = 0.0) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument(
+        "--temperature", type=float, default=temperature, help="0 = greedy (default %(default)s)"
+    )
+    p.add_argument("--top-k", type=int, default=0, help="0 = no top-k filtering")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = no nucleus filtering")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parse_mesh(spec: str | None):
+    """`'sp=8,tp=2'` -> a mesh over all devices (missing axes 1); None -> None."""
+    if not spec:
+        return None
+    from lwm.sharding import make_mesh
+
+    sizes = {}
+    for part in spec.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            sizes[name.strip()] = int(value)
+        except ValueError:
+            raise LwmError(f"--mesh {spec!r}: expected axis=size pairs like 'sp=8'") from None
+        if not sep:
+            raise LwmError(f"--mesh {spec!r}: expected axis=size pairs like 'sp=8'")
+    return make_mesh(sizes)
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    """Config changes requested on the command line: --dtype and `--config.model.FIELD=V`
+    (parsed by the type of the checkpoint's value, as config files are; unknown fields error)."""
+    out = {"dtype": args.dtype} if args.dtype else {}
+    overrides = list(getattr(args, "config_overrides", None) or [])
+    if not overrides:
+        return out
+    import ml_collections
+
+    from lwm.config import apply_overrides
+    from lwm.models.config import ModelConfig
+    from lwm.models.io import read_model_config
+
+    bad = [o for o in overrides if not o.startswith("model.")]
+    if bad:
+        raise LwmError(f"--config.{bad[0]}: only --config.model.* overrides apply to a checkpoint")
+    stored = read_model_config(args.checkpoint).to_dict()
+    tree = ml_collections.ConfigDict({"model": stored})
+    apply_overrides(tree, overrides)
+    new = ModelConfig.from_dict(tree.model).to_dict()
+    out.update({k: v for k, v in new.items() if v != stored[k]})
+    return out
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from lwm.models.io import load_model
+
+    mesh = parse_mesh(args.mesh)
+    return load_model(args.checkpoint, mesh=mesh, overrides=model_overrides(args) or None), mesh
+
+
+def load_tokenizer(path: str | None, checkpoint: str):
+    from lwm.data.tokenizer import Tokenizer
+
+    if path:
+        return Tokenizer(path)
+    for name in TOKENIZER_FILENAMES:
+        candidate = pathlib.Path(checkpoint).expanduser() / name
+        if candidate.is_file():
+            return Tokenizer(candidate)
+    raise LwmError(
+        f"no tokenizer given and none found in {checkpoint} (pass --tokenizer PATH.model)"
+    )
+
+
+def load_template(args: argparse.Namespace):
+    import dataclasses
+
+    from lwm.inference.prompts import PromptTemplate
+
+    template = PromptTemplate.from_json(args.template) if args.template else PromptTemplate()
+    if args.system is not None:
+        template = dataclasses.replace(template, system=args.system)
+    return template
+
+
+def sampling_from_args(args: argparse.Namespace):
+    from lwm.inference.sampling import SamplingConfig
+
+    if args.max_new_tokens < 1:
+        raise LwmError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    return SamplingConfig(args.temperature, args.top_k, args.top_p)
+
+
+def make_sampler(model, mesh, args: argparse.Namespace):
+    from lwm.inference.sampler import Sampler
+
+    return Sampler(
+        model, mesh=mesh, max_cache_len=args.max_cache_len, prefill_chunk=args.prefill_chunk
+    )
+
+
+class TextStreamer:
+    """Prints the text of a growing token list as it grows (decoding the whole list each time,
+    so multi-token characters and sentencepiece spaces come out right)."""
+
+    def __init__(self, tokenizer, *, stop_id: int | None = None, out=None):
+        self.tokenizer = tokenizer
+        self.stop_id = stop_id
+        self.out = out or sys.stdout
+        self.ids: list[int] = []
+        self.printed = ""
+        self.stopped = False
+
+    def push(self, token: int) -> None:
+        if self.stopped:
+            return
+        if self.stop_id is not None and token == self.stop_id:
+            self.stopped = True
+            return
+        self.ids.append(int(token))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+            return
+        if text.startswith(self.printed):
+            self.out.write(text[len(self.printed) :])
+            self.out.flush()
+            self.printed = text
+
+    def finish(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.printed):
+            self.out.write(text[len(self.printed) :])
+        self.out.write("\n")
+        self.out.flush()
+        self.printed = text
+        return text
+
+    def callback(self, row: int = 0) -> Callable:
+        return lambda step, tokens: self.push(int(tokens[row]))

@@ -1,0 +1,150 @@
+"""Questions about a video (or an image, a one-frame video): encode once, prefill once, answer many.
+
+`VideoQA.load` streams the selected frames through the VQGAN in fixed-size batches
+(`lwm.video.tokenize.tokenize_video`), builds the prefix `<s>{system} USER: <vision>…</vision>` and
+prefills it into a one-row KV cache. `VideoQA.ask` then only prefills the question's few tokens on
+top of a copy of that cache and decodes the answer, so the cost of the video is paid once however
+many questions follow (`encoded_videos`, `encoded_frames` and the sampler's prefill counters record
+the work done).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+
+import numpy as np
+
+from lwm.errors import LwmError
+from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate, question_suffix, video_prefix
+from lwm.inference.sampler import Prefix, Sampler
+from lwm.inference.sampling import GREEDY, SamplingConfig
+
+
+@dataclasses.dataclass
+class VideoContext:
+    """A video ready for questions."""
+
+    path: str
+    prefix: Prefix
+    n_frames: int
+    vision_tokens: int
+    timestamps: list[float]
+
+
+def check_vision_model(config, codebook_size: int, where: str = "the checkpoint") -> None:
+    """A clear error when the model cannot read this VQGAN's codes."""
+    if not config.has_vision:
+        raise LwmError(
+            f"{where} has no vision parts (vision_vocab_size = 0): it cannot take a video or image"
+        )
+    top = min(config.vision_eof_id, config.vision_eov_id)
+    if codebook_size > top or config.vision_vocab_size <= max(
+        config.vision_eof_id, config.vision_eov_id
+    ):
+        raise LwmError(
+            f"VQGAN codebook of {codebook_size} codes does not fit the model's vision vocabulary "
+            f"({config.vision_vocab_size} ids, end-of-frame {config.vision_eof_id}, "
+            f"end-of-video {config.vision_eov_id})"
+        )
+
+
+class VideoQA:
+    """Video question answering over one `Sampler`, tokenizer and VQGAN."""
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        tokenizer,
+        vqgan,
+        *,
+        template: PromptTemplate = DEFAULT_TEMPLATE,
+        encode_batch: int = 16,
+        encode_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
+        from lwm.video.vqgan import make_encode_fn
+
+        self.sampler = sampler
+        self.tokenizer = tokenizer
+        self.vqgan = vqgan
+        self.template = template
+        self.encode_batch = encode_batch
+        cfg = sampler.config
+        check_vision_model(cfg, vqgan.cfg.codebook_size)
+        raw_encode = encode_fn or make_encode_fn(vqgan)
+        self.encoded_videos = 0
+        self.encoded_frames = 0
+        self.encode_calls = 0
+
+        def counted(frames):
+            self.encode_calls += 1
+            return raw_encode(frames)
+
+        self._encode = counted
+
+    def load(
+        self,
+        path: str | pathlib.Path,
+        *,
+        frames: int | None = None,
+        fps: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        reserve: int = 1024,
+    ) -> VideoContext:
+        """Encodes the video (once) and prefills the shared prefix."""
+        from lwm.video.tokenize import tokenize_video
+
+        cfg = self.sampler.config
+        video = tokenize_video(
+            self._encode,
+            path,
+            resolution=self.vqgan.cfg.resolution,
+            frames=frames,
+            fps=fps,
+            start=start,
+            end=end,
+            batch_size=self.encode_batch,
+            eof_id=cfg.vision_eof_id,
+            eov_id=cfg.vision_eov_id,
+        )
+        self.encoded_videos += 1
+        self.encoded_frames += video.n_frames
+        tokens, mask = video_prefix(self.tokenizer, self.template, video.tokens.tolist())
+        if len(tokens) >= cfg.max_sequence_length:
+            raise LwmError(
+                f"{path}: {video.n_frames} frames make a prompt of {len(tokens)} tokens, longer "
+                f"than the model's max_sequence_length {cfg.max_sequence_length} "
+                "(select fewer frames with --frames or --fps)"
+            )
+        prefix = self.sampler.prefill(tokens, vision_mask=mask, reserve=reserve)
+        return VideoContext(str(path), prefix, video.n_frames, len(video.tokens), video.timestamps)
+
+    def ask_tokens(
+        self,
+        ctx: VideoContext,
+        question: str,
+        *,
+        max_new_tokens: int = 256,
+        sampling: SamplingConfig = GREEDY,
+        seed: int = 0,
+        stream: Callable[[int, np.ndarray], None] | None = None,
+    ) -> list[int]:
+        """Answer tokens (EOS dropped) for one question, reusing the cached video prefix."""
+        suffix = question_suffix(self.tokenizer, self.template, question)
+        eos = self.tokenizer.eos_id
+        out = self.sampler.generate_from(
+            ctx.prefix,
+            [suffix],
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            eos_id=eos,
+            seed=seed,
+            stream=stream,
+        )[0]
+        return out[:-1] if out and out[-1] == eos else out
+
+    def ask(self, ctx: VideoContext, question: str, **kw) -> str:
+        """The decoded answer to one question (see `ask_tokens`)."""
+        return self.tokenizer.decode(self.ask_tokens(ctx, question, **kw)).strip()

@@ -1,0 +1,149 @@
+"""Decode tokens/s at long context: lwm's KV-cache sampler vs HF transformers (torch CPU).
+
+Both run the same weights (a random HF LLaMA, converted with `lwm.interop.hf_convert`) and the
+same greedy decoding from the same prompt. Prefill is excluded from the decode timing on both
+sides: lwm times `Sampler.decode` after `Sampler.start`; transformers times its token-by-token
+loop with a `DynamicCache` after a prefill forward. One JSON line per context with the median of
+--repeats timed runs after a warm-up run, the ratio lwm/transformers and whether the greedy tokens
+agree. Example (the issue's measurement):
+
+  python scripts/bench_decode.py --contexts 2048 8192 --new-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import tempfile
+import time
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--contexts", type=int, nargs="+", default=[2048, 8192])
+    p.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per run")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up run")
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--intermediate", type=int, default=1408)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--cache-block", type=int, default=1024, help="lwm cache attention key block")
+    p.add_argument("--prefill-chunk", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    return p.parse_args(argv)
+
+
+def build_checkpoints(args, root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lwm.interop.hf_convert import convert_from_hf
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max(args.contexts) + args.new_tokens + 16,
+        rope_theta=1e6,
+    )
+    hf_dir = root / "hf"
+    LlamaForCausalLM(cfg).save_pretrained(hf_dir)
+    return hf_dir, convert_from_hf(hf_dir, root / "lwm")
+
+
+def time_lwm(args, ckpt, prompt: list[int]) -> tuple[list[float], list[int]]:
+    import jax
+
+    import lwm
+    from lwm.inference.sampler import Sampler
+
+    model = lwm.load_model(ckpt)
+    sampler = Sampler(model, prefill_chunk=args.prefill_chunk, cache_block=args.cache_block)
+    times, tokens = [], None
+    for i in range(args.repeats + 1):
+        cache, length, hidden = sampler.start([prompt], max_new_tokens=args.new_tokens)
+        jax.block_until_ready(cache.k)
+        t0 = time.perf_counter()
+        gen = sampler.decode(cache, length, hidden, args.new_tokens)
+        dt = time.perf_counter() - t0
+        tokens = gen.tokens[0].tolist()
+        if i:  # the first run compiles
+            times.append(dt)
+    return times, tokens
+
+
+def time_hf(args, hf_dir, prompt: list[int]) -> tuple[list[float], list[int]]:
+    import torch
+    from transformers import DynamicCache, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    ids = torch.as_tensor([prompt])
+    times, tokens = [], None
+    for i in range(args.repeats + 1):
+        with torch.no_grad():
+            cache = DynamicCache()
+            out = model(ids, past_key_values=cache, use_cache=True)
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            got = [int(tok)]
+            t0 = time.perf_counter()
+            for _ in range(args.new_tokens - 1):
+                out = model(tok, past_key_values=out.past_key_values, use_cache=True)
+                tok = out.logits[:, -1].argmax(-1, keepdim=True)
+                got.append(int(tok))
+            dt = time.perf_counter() - t0
+        tokens = got
+        if i:
+            times.append(dt)
+    return times, tokens
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir, ckpt = build_checkpoints(args, pathlib.Path(tmp))
+        for ctx in args.contexts:
+            prompt = np.random.default_rng(ctx).integers(3, args.vocab, ctx).tolist()
+            lwm_times, lwm_tokens = time_lwm(args, ckpt, prompt)
+            hf_times, hf_tokens = time_hf(args, hf_dir, prompt)
+            # Both time new_tokens - 1 decode steps (the first token comes from the prefill).
+            steps = args.new_tokens - 1
+            lwm_tps = steps / statistics.median(lwm_times)
+            hf_tps = steps / statistics.median(hf_times)
+            record = {
+                "bench": "decode",
+                "context": ctx,
+                "new_tokens": args.new_tokens,
+                "model": {
+                    "hidden": args.hidden,
+                    "layers": args.layers,
+                    "heads": args.heads,
+                    "kv_heads": args.kv_heads,
+                    "vocab": args.vocab,
+                },
+                "lwm_tokens_per_s": round(lwm_tps, 2),
+                "transformers_tokens_per_s": round(hf_tps, 2),
+                "ratio_lwm_over_transformers": round(lwm_tps / hf_tps, 3),
+                "greedy_tokens_match": lwm_tokens == hf_tokens,
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+            }
+            print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
