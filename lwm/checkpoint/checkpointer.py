@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lwm.errors import LwmError
+from lwm.pytree import key_path_str
 
 _STATE, _METADATA, _DATA = "state", "metadata", "data_state"
 
@@ -57,19 +58,6 @@ def _get_path(tree: Any, keys: tuple[str, ...], what: str) -> Any:
             raise CheckpointError(f"{what} has no subtree {'/'.join(keys[: i + 1])!r}")
         node = node[k]
     return node
-
-
-def _path_str(path: Sequence[Any]) -> str:
-    """A key path as "a/0/count": the same for dicts, tuples and namedtuples (as orbax stores)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def _nest(keys: tuple[str, ...], value: Any) -> Any:
@@ -249,8 +237,8 @@ class Checkpointer:
     def _check_structure(self, step: int, keys: tuple[str, ...], target: Any) -> None:
         """One-line error when the requested structure or shapes differ from the saved ones."""
         saved = _get_path(self._saved_tree(step), keys, f"checkpoint step {step}")
-        saved_paths = {_path_str(p): m for p, m in jax.tree_util.tree_leaves_with_path(saved)}
-        want_paths = {_path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(target)}
+        saved_paths = {key_path_str(p): m for p, m in jax.tree_util.tree_leaves_with_path(saved)}
+        want_paths = {key_path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(target)}
         missing = sorted(set(want_paths) - set(saved_paths))
         if missing:
             raise CheckpointError(

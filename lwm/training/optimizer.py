@@ -9,18 +9,7 @@ from typing import Any
 import jax
 import optax
 
-
-def param_path(path: Sequence[Any]) -> str:
-    """A "/"-joined name for a pytree key path (`blocks/0/attn/wq`)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+from lwm.pytree import key_path_str
 
 
 def weight_decay_mask(
@@ -31,7 +20,7 @@ def weight_decay_mask(
     patterns = [re.compile(p) for p in exclude]
 
     def decide(path, x):
-        name = param_path(path)
+        name = key_path_str(path)
         if any(p.search(name) for p in patterns):
             return False
         return decay_1d or len(getattr(x, "shape", ())) >= 2

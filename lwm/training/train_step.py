@@ -15,19 +15,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from lwm.data.packing import BATCH_KEYS
 from lwm.sharding import logical_to_sharding
 from lwm.training.loss import loss_normalizer, split_loss_terms
 from lwm.training.train_state import ModelDef, replicated
-
-BATCH_KEYS = (
-    "tokens",
-    "targets",
-    "loss_mask",
-    "vision_mask",
-    "target_vision_mask",
-    "segment_ids",
-    "positions",
-)
 
 
 def batch_shardings(mesh: Mesh, batch_size: int, seq_len: int) -> dict[str, NamedSharding]:
