@@ -7,11 +7,11 @@ import io
 import pathlib
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from model_fixtures import random_model  # noqa: E402
 
 from lwm.cli.main import main
 from lwm.data.tokenizer import train_tokenizer
@@ -30,28 +30,6 @@ VQ = dict(
     codebook_size=CODES,
     embed_dim=8,
 )  # 16px frames -> 8x8 = 64 codes per frame
-
-
-def random_model(ctor, *, seed: int = 0, std: float = 0.2):
-    """Random weights drawn on the host (no per-parameter XLA compiles, unlike eager init):
-    norm scales near 1, biases 0, other weights N(0, std) (large enough for O(1) logits)."""
-    abstract = nnx.eval_shape(ctor)
-    graphdef, state = nnx.split(abstract)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, x):
-        name = str(path[-1])
-        if "scale" in name:
-            value = 1.0 + 0.1 * rng.standard_normal(x.shape)
-        elif "bias" in name or "usage" in name:
-            value = np.zeros(x.shape)
-        else:
-            value = std * rng.standard_normal(x.shape)
-        return jnp.asarray(value.astype(x.dtype))
-
-    pure = jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, pure)
-    return nnx.merge(graphdef, state)
 
 
 def _bikes() -> pathlib.Path:

@@ -428,17 +428,9 @@ class Sampler:
             prompts, max_new_tokens=max_new_tokens, vision_masks=vision_masks, truncate=truncate
         )
         lengths = [len(p) for p in prompts]
-        gen = self.decode(
-            cache,
-            length,
-            hidden,
-            self._steps(max_new_tokens, min(lengths)),
-            sampling=sampling,
-            seed=seed,
-            eos_id=eos_id,
-            stream=stream,
+        return self._decode_rows(
+            cache, length, hidden, lengths, max_new_tokens, sampling, seed, eos_id, stream
         )
-        return self._cut(gen, lengths, eos_id)
 
     def extend(
         self, prefix: Prefix, suffixes: Sequence[Sequence[int]], *, max_new_tokens: int
@@ -483,6 +475,14 @@ class Sampler:
             raise LwmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         cache, length, hidden = self.extend(prefix, suffixes, max_new_tokens=max_new_tokens)
         lengths = [prefix.num_tokens + len(s) for s in suffixes]
+        return self._decode_rows(
+            cache, length, hidden, lengths, max_new_tokens, sampling, seed, eos_id, stream
+        )
+
+    def _decode_rows(
+        self, cache, length, hidden, lengths, max_new_tokens, sampling, seed, eos_id, stream
+    ) -> list[list[int]]:
+        """Decodes after prefilled rows of `lengths` real tokens and cuts each row at EOS."""
         gen = self.decode(
             cache,
             length,
