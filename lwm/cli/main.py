@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "lwm.cli.chat",
     "lwm.cli.generate_video",
     "lwm.cli.needle",
+    "lwm.cli.video_needle",
     "lwm.cli.perplexity",
     "lwm.cli.demo",
 )

@@ -55,9 +55,18 @@ class SamplerAnswerer:
         self.eos_id = eos_id
         self.max_len = model.config.max_sequence_length
 
-    def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    def __call__(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        vision_masks: Sequence[Sequence[bool]] | None = None,
+    ) -> list[list[int]]:
+        """`vision_masks` marks each prompt's vision tokens (video prompts)."""
         longest = max(len(p) for p in prompts)
         steps = max(1, min(max_new_tokens, self.max_len - longest))
         return self.sampler.generate(
-            [list(p) for p in prompts], max_new_tokens=steps, eos_id=self.eos_id
+            [list(p) for p in prompts],
+            max_new_tokens=steps,
+            eos_id=self.eos_id,
+            vision_masks=vision_masks,
         )

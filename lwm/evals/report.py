@@ -102,10 +102,16 @@ def _pct(x: float) -> str:
 
 
 def plot_heatmap(
-    summary: NeedleSummary, path: str | os.PathLike, *, title: str = "Needle in a haystack"
+    summary: NeedleSummary,
+    path: str | os.PathLike,
+    *,
+    title: str = "Needle in a haystack",
+    xlabel: str = "context length (tokens)",
+    length_labels: Sequence[str] | None = None,
 ) -> pathlib.Path:
     """Depth (rows, 0 at the top) x length (columns) heatmap, red (0%) to green (100%), each cell
-    labelled with its accuracy; written atomically."""
+    labelled with its accuracy; written atomically. `xlabel` / `length_labels` (one per length)
+    relabel the length axis (e.g. video frames)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,9 +131,10 @@ def plot_heatmap(
             v = summary.accuracy[i, j]
             if not np.isnan(v):
                 ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(n_cols), [format_length(n) for n in summary.lengths])
+    ticks = list(length_labels or [format_length(n) for n in summary.lengths])
+    ax.set_xticks(range(n_cols), ticks)
     ax.set_yticks(range(n_rows), [f"{100 * d:.0f}%" for d in summary.depths])
-    ax.set_xlabel("context length (tokens)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("needle depth")
     ax.set_title(f"{title}: {_pct(summary.overall)} overall", fontsize=10)
     fig.colorbar(im, ax=ax, label="accuracy (%)", fraction=0.05, pad=0.03)

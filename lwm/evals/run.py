@@ -70,13 +70,13 @@ def lazy_answerer(model_loader, *, eos_id: int | None, prefill_chunk: int = 512)
 
     state = {}
 
-    def answer(prompts, max_new_tokens):
+    def answer(prompts, max_new_tokens, **kw):
         if "answer" not in state:
             model, mesh = model_loader()
             state["answer"] = SamplerAnswerer(
                 model, mesh=mesh, eos_id=eos_id, prefill_chunk=prefill_chunk
             )
-        return state["answer"](prompts, max_new_tokens)
+        return state["answer"](prompts, max_new_tokens, **kw)
 
     return answer
 
