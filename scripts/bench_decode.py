@@ -3,9 +3,10 @@
 Both run the same weights (a random HF LLaMA, converted with `lwm.interop.hf_convert`) and the
 same greedy decoding from the same prompt. Prefill is excluded from the decode timing on both
 sides: lwm times `Sampler.decode` after `Sampler.start`; transformers times its token-by-token
-loop with a `DynamicCache` after a prefill forward. One JSON line per context with the median of
---repeats timed runs after a warm-up run, the ratio lwm/transformers and whether the greedy tokens
-agree. Example (the issue's measurement):
+loop with a `DynamicCache` after a prefill forward. The two alternate run by run (so a busy
+machine slows both alike). One JSON line per context with the median of --repeats timed runs
+after a warm-up run each, the ratio lwm/transformers and whether the greedy tokens agree.
+Example (the issue's measurement):
 
   python scripts/bench_decode.py --contexts 2048 8192 --new-tokens 32
 """
@@ -19,6 +20,7 @@ import pathlib
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +36,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--cache-block", type=int, default=1024, help="lwm cache attention key block")
     p.add_argument("--prefill-chunk", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0 = torch default). On a shared, busy machine use 1: torch's "
+        "multi-threaded decode stalls when its cores are taken (~10x slower), which would "
+        "inflate the ratio",
+    )
     return p.parse_args(argv)
 
 
@@ -60,38 +69,38 @@ def build_checkpoints(args, root: pathlib.Path) -> tuple[pathlib.Path, pathlib.P
     return hf_dir, convert_from_hf(hf_dir, root / "lwm")
 
 
-def time_lwm(args, ckpt, prompt: list[int]) -> tuple[list[float], list[int]]:
+def lwm_runner(args, ckpt) -> Callable[[list[int]], tuple[float, list[int]]]:
+    """One timed lwm decode of a prompt (prefill and cache setup untimed)."""
     import jax
 
     import lwm
     from lwm.inference.sampler import Sampler
 
-    model = lwm.load_model(ckpt)
-    sampler = Sampler(model, prefill_chunk=args.prefill_chunk, cache_block=args.cache_block)
-    times, tokens = [], None
-    for i in range(args.repeats + 1):
+    sampler = Sampler(
+        lwm.load_model(ckpt), prefill_chunk=args.prefill_chunk, cache_block=args.cache_block
+    )
+
+    def run(prompt: list[int]) -> tuple[float, list[int]]:
         cache, length, hidden = sampler.start([prompt], max_new_tokens=args.new_tokens)
-        jax.block_until_ready(cache.k)
+        jax.block_until_ready((cache, hidden))
         t0 = time.perf_counter()
         gen = sampler.decode(cache, length, hidden, args.new_tokens)
-        dt = time.perf_counter() - t0
-        tokens = gen.tokens[0].tolist()
-        if i:  # the first run compiles
-            times.append(dt)
-    return times, tokens
+        return time.perf_counter() - t0, gen.tokens[0].tolist()
+
+    return run
 
 
-def time_hf(args, hf_dir, prompt: list[int]) -> tuple[list[float], list[int]]:
+def hf_runner(args, hf_dir) -> Callable[[list[int]], tuple[float, list[int]]]:
+    """One timed transformers decode (token by token with a `DynamicCache`, prefill untimed)."""
     import torch
     from transformers import DynamicCache, LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    ids = torch.as_tensor([prompt])
-    times, tokens = [], None
-    for i in range(args.repeats + 1):
+
+    def run(prompt: list[int]) -> tuple[float, list[int]]:
         with torch.no_grad():
             cache = DynamicCache()
-            out = model(ids, past_key_values=cache, use_cache=True)
+            out = model(torch.as_tensor([prompt]), past_key_values=cache, use_cache=True)
             tok = out.logits[:, -1].argmax(-1, keepdim=True)
             got = [int(tok)]
             t0 = time.perf_counter()
@@ -99,27 +108,35 @@ def time_hf(args, hf_dir, prompt: list[int]) -> tuple[list[float], list[int]]:
                 out = model(tok, past_key_values=out.past_key_values, use_cache=True)
                 tok = out.logits[:, -1].argmax(-1, keepdim=True)
                 got.append(int(tok))
-            dt = time.perf_counter() - t0
-        tokens = got
-        if i:
-            times.append(dt)
-    return times, tokens
+            return time.perf_counter() - t0, got
+
+    return run
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     import numpy as np
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir, ckpt = build_checkpoints(args, pathlib.Path(tmp))
+        runners = {"lwm": lwm_runner(args, ckpt), "transformers": hf_runner(args, hf_dir)}
         for ctx in args.contexts:
             prompt = np.random.default_rng(ctx).integers(3, args.vocab, ctx).tolist()
-            lwm_times, lwm_tokens = time_lwm(args, ckpt, prompt)
-            hf_times, hf_tokens = time_hf(args, hf_dir, prompt)
+            # Runs alternate between the two (the first of each warms up and compiles), so load
+            # from other processes hits both sides alike.
+            times = {name: [] for name in runners}
+            tokens = {}
+            for i in range(args.repeats + 1):
+                for name, run in runners.items():
+                    dt, tokens[name] = run(prompt)
+                    if i:
+                        times[name].append(dt)
+            lwm_times, hf_times = times["lwm"], times["transformers"]
+            lwm_tokens, hf_tokens = tokens["lwm"], tokens["transformers"]
             # Both time new_tokens - 1 decode steps (the first token comes from the prefill).
             steps = args.new_tokens - 1
             lwm_tps = steps / statistics.median(lwm_times)
@@ -139,6 +156,7 @@ def main(argv=None) -> int:
                 "transformers_tokens_per_s": round(hf_tps, 2),
                 "ratio_lwm_over_transformers": round(lwm_tps / hf_tps, 3),
                 "greedy_tokens_match": lwm_tokens == hf_tokens,
+                "torch_threads": torch.get_num_threads(),
                 "load_avg_1m": round(os.getloadavg()[0], 2),
             }
             print(json.dumps(record), flush=True)

@@ -5,10 +5,14 @@ and the queries of the chunk (small: `prefill_chunk` tokens, or one token in dec
 prefill chunk each device runs the blockwise online-softmax kernel of `lwm.attention.blockwise`
 over its own slots — key blocks that are empty, padding-only or in the causal future are skipped,
 so work follows the filled part of the cache, and scores never exceed `[chunk, key_block]`; a
-decode step (one query) takes a single masked dense pass over the local slots. Then the per-device
+decode step (one query) takes a single masked dense pass over the local slots of the cache as it
+was before the step, and adds its own new key afterwards (`decode_attention`). Then the per-device
 partial results are merged with a log-sum-exp weighted sum over `sp` (two small collectives of
 the chunk's size; the cache itself never moves). This is ring attention's math with the roles
 reversed: the queries are tiny, so they are replicated instead of the keys being rotated.
+
+The cache is head-major, `[B, K, S, H]` per layer: both decode products are then matrix-vector
+products batched over (row, kv head) that stream the cache once, in place.
 
 Mask: query at slot i sees slot j iff j <= i and valid[b, j] (see `lwm.inference.kv_cache`).
 """
@@ -23,7 +27,6 @@ from jax.sharding import PartitionSpec as P
 
 from lwm.attention.blockwise import (
     MaskSpec,
-    chunk_kv,
     chunk_q,
     chunk_rows,
     finalize,
@@ -50,54 +53,83 @@ def _largest_divisor(n: int, at_most: int) -> int:
 
 def _merge(o, lse, axis_names):
     """Combines per-device softmax partials: o `[..., H]` normalised, lse `[...]` (-inf = saw
-    nothing) -> the attention over the union of the devices' keys."""
+    nothing) -> (o, lse) of the attention over the union of the devices' keys."""
     top = lax.pmax(lse, axis_names)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     w = jnp.exp(lse - top)
     num = lax.psum(o * w[..., None], axis_names)
     den = lax.psum(w, axis_names)
-    return num / jnp.where(den == 0.0, 1.0, den)[..., None]
+    lse = jnp.where(den == 0.0, -jnp.inf, top + jnp.log(jnp.where(den == 0.0, 1.0, den)))
+    return num / jnp.where(den == 0.0, 1.0, den)[..., None], lse
 
 
-def _local_dense(q_btnh, k_bskh, v_bskh, valid_bs, q_slots_t, *, merge):
-    """Few queries (decode): one masked pass over the local slots, no chunk transposes."""
+def _combine(o1, lse1, o2, lse2):
+    """Attention over the union of two disjoint key sets from each set's (o, lse)."""
+    top = jnp.maximum(lse1, lse2)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    w1, w2 = jnp.exp(lse1 - top), jnp.exp(lse2 - top)
+    den = w1 + w2
+    return (o1 * w1[..., None] + o2 * w2[..., None]) / jnp.where(den == 0.0, 1.0, den)[..., None]
+
+
+def _dense_partial(q_btkgh, k_bksh, v_bksh, mask_bts):
+    """Few queries (decode) against `S` keys in one masked pass; `q` is pre-scaled.
+
+    Returns fp32 (o `[B, T, K, G, H]` normalised, lse `[B, T, K, G]`; -inf where a query sees
+    no key). Both products are batched over (row, kv head), the major axes of the head-major
+    cache, so they read keys and values in place: no transpose of the cache, and no FLOPs spent
+    on other heads' keys.
+    """
+    b, t, kv_heads, g, h = q_btkgh.shape
+    s = k_bksh.shape[2]
+    q = q_btkgh.transpose(0, 2, 1, 3, 4).reshape(b, kv_heads, t * g, h)
+    scores = jnp.einsum("bksh,bkqh->bkqs", k_bksh, q, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv_heads, t, g, s)
+    scores = jnp.where(mask_bts[:, None, :, None, :], scores, -jnp.inf)
+    m = scores.max(-1)  # [b, k, t, g]
+    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+    p = jnp.exp(scores - m_safe[..., None])
+    l = p.sum(-1)
+    p = p.reshape(b, kv_heads, t * g, s).astype(v_bksh.dtype)
+    o = jnp.einsum("bkqs,bksh->bkqh", p, v_bksh, preferred_element_type=jnp.float32)
+    o = o.reshape(b, kv_heads, t, g, h).transpose(0, 2, 1, 3, 4)
+    seen = l > 0.0
+    l_safe = jnp.where(seen, l, 1.0)
+    lse = jnp.where(seen, m_safe + jnp.log(l_safe), -jnp.inf).transpose(0, 2, 1, 3)
+    return o / l_safe.transpose(0, 2, 1, 3)[..., None], lse
+
+
+def _scaled_q(q_btnh, kv_heads):
     b, t, n, h = q_btnh.shape
-    s_local, kv_heads = k_bskh.shape[1], k_bskh.shape[2]
-    g = n // kv_heads
+    q = q_btnh * jnp.asarray(h**-0.5, q_btnh.dtype)
+    return q.reshape(b, t, kv_heads, n // kv_heads, h)
+
+
+def _local_dense(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, *, merge):
+    """Few queries against the local cache slots (slot j visible from slot i iff j <= i and
+    valid); merged over `sp` when sharded. Returns fp32 (o `[B, T, K, G, H]`, lse)."""
+    kv_heads, s_local = k_bksh.shape[1], k_bksh.shape[2]
     shard = lax.axis_index(SP) if merge else 0
     kv_slots = shard * s_local + jnp.arange(s_local, dtype=jnp.int32)
-    q = (q_btnh * jnp.asarray(h**-0.5, q_btnh.dtype)).reshape(b, t, kv_heads, g, h)
-    # Block-diagonal queries: one plain [S, K*H] x [K*H, T*K*G] matmul per row reads the cache
-    # in its stored [S, K, H] layout (a head-batched einsum would transpose the whole layer
-    # cache first). The zero blocks cost K x the (tiny) decode FLOPs, not memory traffic.
-    eye = jnp.eye(kv_heads, dtype=q.dtype)
-    q_bd = jnp.einsum("btkgh,kj->bkhtjg", q, eye).reshape(b, kv_heads * h, t * kv_heads * g)
-    k_flat = k_bskh.reshape(b, s_local, kv_heads * h)
-    scores = jnp.einsum("bsx,bxy->bsy", k_flat, q_bd, preferred_element_type=jnp.float32)
-    scores = scores.reshape(b, s_local, t, kv_heads, g)
-    mask = (kv_slots[None, :] <= q_slots_t[:, None]).T[None] & (valid_bs > 0)[:, :, None]
-    scores = jnp.where(mask[..., None, None], scores, -jnp.inf)  # [b, s, t, k, g]
-    m = scores.max(1)
-    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
-    p = jnp.exp(scores - m_safe[:, None])
-    l = p.sum(1)  # [b, t, k, g]
-    p_flat = p.reshape(b, s_local, t * kv_heads * g).astype(v_bskh.dtype)
-    v_flat = v_bskh.reshape(b, s_local, kv_heads * h)
-    full = jnp.einsum("bsy,bsx->byx", p_flat, v_flat, preferred_element_type=jnp.float32)
-    full = full.reshape(b, t, kv_heads, g, kv_heads, h)
-    o = jnp.einsum("btkgjh,kj->btkgh", full, eye.astype(jnp.float32))
-    o = o / jnp.where(l == 0.0, 1.0, l)[..., None]
+    mask = (kv_slots[None, :] <= q_slots_t[:, None])[None] & (valid_bs > 0)[:, None, :]
+    o, lse = _dense_partial(_scaled_q(q_btnh, kv_heads), k_bksh, v_bksh, mask)
     if merge:
-        lse = jnp.where(l == 0.0, -jnp.inf, m_safe + jnp.log(jnp.where(l == 0.0, 1.0, l)))
-        o = _merge(o, lse, SP)
-    return o.reshape(b, t, n, h).astype(q_btnh.dtype)
+        o, lse = _merge(o, lse, SP)
+    return o, lse
 
 
-def _local_attention(q_btnh, k_bskh, v_bskh, valid_bs, q_slots_t, *, key_block, sp, merge):
+def _chunk_cache(x_bksh, k_chunk):
+    """Head-major cache `[B, K, S, H]` -> the blockwise kernel's `[nk, B, K, ck, H]`."""
+    b, kv_heads, s, h = x_bksh.shape
+    return x_bksh.reshape(b, kv_heads, s // k_chunk, k_chunk, h).transpose(2, 0, 1, 3, 4)
+
+
+def _local_attention(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, *, key_block, sp, merge):
     b, t, n, h = q_btnh.shape
     if t <= DENSE_MAX_QUERIES:
-        return _local_dense(q_btnh, k_bskh, v_bskh, valid_bs, q_slots_t, merge=merge)
-    s_local, kv_heads = k_bskh.shape[1], k_bskh.shape[2]
+        o, _ = _local_dense(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, merge=merge)
+        return o.reshape(b, t, n, h).astype(q_btnh.dtype)
+    kv_heads, s_local = k_bksh.shape[1], k_bksh.shape[2]
     q_chunk = _largest_divisor(t, 512)
     k_chunk = _largest_divisor(s_local, key_block)
     spec = MaskSpec(causal=True, causal_block_size=None, q_chunk=q_chunk, k_chunk=k_chunk)
@@ -106,8 +138,8 @@ def _local_attention(q_btnh, k_bskh, v_bskh, valid_bs, q_slots_t, *, key_block, 
     q = chunk_q(q_btnh * jnp.asarray(h**-0.5, q_btnh.dtype), kv_heads, q_chunk)
     state = forward_step(
         q,
-        chunk_kv(k_bskh, k_chunk),
-        chunk_kv(v_bskh, k_chunk),
+        _chunk_cache(k_bksh, k_chunk),
+        _chunk_cache(v_bksh, k_chunk),
         chunk_rows(q_slots_t, q_chunk),
         chunk_rows(kv_slots, k_chunk),
         chunk_rows(jnp.ones((b, t), jnp.int32), q_chunk),
@@ -117,14 +149,35 @@ def _local_attention(q_btnh, k_bskh, v_bskh, valid_bs, q_slots_t, *, key_block, 
     )
     o, lse = finalize(state)  # rows that saw no slot here: o = 0, lse = -inf
     if merge:
-        o = _merge(o, lse, SP)
+        o, _ = _merge(o, lse, SP)
     return unchunk_q(o).astype(q_btnh.dtype)
+
+
+def _check(q_btnh, k_bksh, mesh) -> int:
+    n, kv_heads, s = q_btnh.shape[2], k_bksh.shape[1], k_bksh.shape[2]
+    if n % kv_heads:
+        raise ConfigError(f"num_kv_heads {kv_heads} does not divide num_heads {n}")
+    sp = mesh.shape.get(SP, 1) if mesh is not None else 1
+    if s % sp:
+        raise ConfigError(f"cache capacity {s} is not divisible by sp {sp}")
+    return sp
+
+
+def _specs(q_btnh, k_bksh, mesh, sp):
+    """(batch, query heads, kv heads, slots) mesh axes of the sharded cache attention."""
+    b, _, n, _ = q_btnh.shape
+    batch = logical_to_spec(("batch",), (b,), mesh)[0]
+    heads = logical_to_spec(("act_heads",), (n,), mesh)[0]
+    kv = logical_to_spec(("act_kv_heads",), (k_bksh.shape[1],), mesh)[0]
+    if heads != kv:  # kv heads do not divide tp: keep heads whole on every device
+        heads = kv = None
+    return batch, heads, kv, (SP if sp > 1 else None)
 
 
 def cached_attention(
     q_btnh: jax.Array,
-    k_bskh: jax.Array,
-    v_bskh: jax.Array,
+    k_bksh: jax.Array,
+    v_bksh: jax.Array,
     valid_bs: jax.Array,
     q_slots_t: jax.Array,
     *,
@@ -132,36 +185,78 @@ def cached_attention(
     key_block: int = 512,
 ) -> jax.Array:
     """Queries `[B, T, N, H]` at cache slots `q_slots_t` `[T]` against the whole layer cache
-    `[B, S, K, H]` (which already holds the queries' own keys). Returns `[B, T, N, H]`."""
-    b, t, n, _ = q_btnh.shape
-    s, kv_heads = k_bskh.shape[1], k_bskh.shape[2]
-    if n % kv_heads:
-        raise ConfigError(f"num_kv_heads {kv_heads} does not divide num_heads {n}")
-    sp = mesh.shape.get(SP, 1) if mesh is not None else 1
-    if s % sp:
-        raise ConfigError(f"cache capacity {s} is not divisible by sp {sp}")
+    `[B, K, S, H]` (which already holds the queries' own keys). Returns `[B, T, N, H]`."""
+    sp = _check(q_btnh, k_bksh, mesh)
 
     def local(q, k, v, valid, slots):
         return _local_attention(q, k, v, valid, slots, key_block=key_block, sp=sp, merge=sp > 1)
 
     if mesh is None or mesh.size == 1:
-        return local(q_btnh, k_bskh, v_bskh, valid_bs, q_slots_t)
-    batch = logical_to_spec(("batch",), (b,), mesh)[0]
-    heads = logical_to_spec(("act_heads",), (n,), mesh)[0]
-    kv = logical_to_spec(("act_kv_heads",), (kv_heads,), mesh)[0]
-    if heads != kv:  # kv heads do not divide tp: keep heads whole on every device
-        heads = kv = None
-    seq = SP if sp > 1 else None
+        return local(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t)
+    batch, heads, kv, seq = _specs(q_btnh, k_bksh, mesh, sp)
     return jax.shard_map(
         local,
         mesh=mesh,
         in_specs=(
             P(batch, None, heads, None),
-            P(batch, seq, kv, None),
-            P(batch, seq, kv, None),
+            P(batch, kv, seq, None),
+            P(batch, kv, seq, None),
             P(batch, seq),
             P(None),
         ),
         out_specs=P(batch, None, heads, None),
         check_vma=False,
-    )(q_btnh, k_bskh, v_bskh, valid_bs, q_slots_t)
+    )(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t)
+
+
+def decode_attention(
+    q_btnh: jax.Array,
+    k_bksh: jax.Array,
+    v_bksh: jax.Array,
+    valid_bs: jax.Array,
+    k_bkth: jax.Array,
+    v_bkth: jax.Array,
+    valid_bt: jax.Array,
+    q_slots_t: jax.Array,
+    *,
+    mesh: Mesh | None = None,
+) -> jax.Array:
+    """A few queries (decode, `T <= DENSE_MAX_QUERIES`) at slots `q_slots_t` against the layer
+    cache `[B, K, S, H]` as it was *before* this chunk (`k/v_bksh`, `valid_bs`) plus the chunk's
+    own new keys `k/v_bkth` (causal among themselves, `valid_bt` masks padding). Returns
+    `[B, T, N, H]`.
+
+    The cache is only read here, so the caller writes the new keys into it afterwards, in place:
+    were the attention to read the updated cache, XLA would have to keep both the old and the
+    new buffer alive (or duplicate the update into the reader), copying the whole layer cache
+    on every step.
+    """
+    b, t, n, h = q_btnh.shape
+    kv_heads = k_bksh.shape[1]
+    sp = _check(q_btnh, k_bksh, mesh)
+
+    def local(q, k, v, valid, slots):
+        return _local_dense(q, k, v, valid, slots, merge=sp > 1)
+
+    if mesh is None or mesh.size == 1:
+        o_c, lse_c = local(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t)
+    else:
+        batch, heads, kv, seq = _specs(q_btnh, k_bksh, mesh, sp)
+        o_c, lse_c = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(
+                P(batch, None, heads, None),
+                P(batch, kv, seq, None),
+                P(batch, kv, seq, None),
+                P(batch, seq),
+                P(None),
+            ),
+            out_specs=(P(batch, None, kv, None, None), P(batch, None, kv, None)),
+            check_vma=False,
+        )(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t)
+    causal_tt = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
+    mask_btt = causal_tt[None] & (valid_bt > 0)[:, None, :]
+    o_n, lse_n = _dense_partial(_scaled_q(q_btnh, kv_heads), k_bkth, v_bkth, mask_btt)
+    o = _combine(o_c, lse_c, o_n, lse_n)
+    return o.reshape(b, t, n, h).astype(q_btnh.dtype)
