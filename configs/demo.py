@@ -1,6 +1,6 @@
 """`make demo` / `lwm demo`: a tiny world model trained from scratch on CPU (8 simulated devices,
-ring attention) through three context stages, 512 -> 2K -> 8K tokens with RoPE theta rising, then
-needle-in-a-haystack evals up to 16K (2x the last stage).
+ring attention) through four context stages, 128 -> 512 -> 2K -> 8K tokens with RoPE theta
+rising, then needle-in-a-haystack evals up to 16K (2x the last stage).
 
 The `demo` section drives data generation and evaluation; everything else is an ordinary
 `lwm train` config (any field can be overridden with `--config.a.b=v`).
@@ -23,7 +23,7 @@ def get_config():
     m.num_heads = 4
     m.num_kv_heads = 4
     m.rope_theta = 10_000.0
-    m.max_sequence_length = 512
+    m.max_sequence_length = 512  # stage 1 rows are shorter; the model's limit grows per stage
     m.attention.backend = "ring"
     m.attention.layout = "zigzag"
     m.attention.query_chunk_size = 256
@@ -41,12 +41,21 @@ def get_config():
         peak_flops=1e11,  # nominal: skip the matmul benchmark (MFU is not the point here)
     )
     config.stages = [
-        # Most steps where they are cheap: retrieval is learned at 512 tokens...
-        stage_section(seq_len=512, steps=400, batch_tokens=8192, rope_theta=1e4),
+        # Most steps where they are cheap: short rows packed with copy / recall drills and short
+        # needle tasks, where content-based retrieval is learned...
+        stage_section(seq_len=128, steps=1500, batch_tokens=4096, rope_theta=1e4, lr=3e-3),
         # ...then the context grows, RoPE theta with it, sequence parallelism for longer rows.
         stage_section(
+            seq_len=512,
+            steps=150,
+            batch_tokens=8192,
+            rope_theta=1e4,
+            lr=2e-3,
+            warmup_steps=5,
+        ),
+        stage_section(
             seq_len=2048,
-            steps=60,
+            steps=40,
             batch_tokens=8192,
             rope_theta=1e5,
             max_sequence_length=2048,
@@ -56,7 +65,7 @@ def get_config():
         ),
         stage_section(
             seq_len=8192,
-            steps=30,
+            steps=20,
             batch_tokens=16384,
             rope_theta=1e6,
             max_sequence_length=16384,
@@ -75,12 +84,13 @@ def get_config():
     d.vocab_size = m.vocab_size  # sentencepiece vocabulary trained on the generated corpus
     d.corpus_sentences = 20000
     # Needle tasks per length bucket: [min_tokens, max_tokens, count].
-    d.task_buckets = [[96, 512, 12000], [512, 2048, 1500], [2048, 8192, 300]]
+    d.task_buckets = [[64, 128, 6000], [128, 512, 4000], [512, 2048, 800], [2048, 8192, 200]]
     d.max_keys = 4  # up to 3 distractor needles
     d.max_queries = 2  # up to 2 keys asked at once
-    d.lm_docs = 6000  # language-model documents (with a repeated half) mixed in
+    d.copy_docs = 15000  # copy drills (4-24 keys/digits, repeated)
+    d.recall_docs = 15000  # associative-recall drills (2-6 needles, asked back shuffled)
     d.seed = 0
-    d.eval_lengths = [512, 1024, 2048, 4096, 8192, 16384]
+    d.eval_lengths = [1024, 2048, 4096, 8192, 16384]
     d.eval_depths = "0:1:5"
     d.eval_samples = 2
     d.eval_batch_size = 2

@@ -41,7 +41,8 @@ def get_config():
     d = config.demo
     d.corpus_sentences = 2000
     d.task_buckets = [[96, 128, 40], [128, 256, 10], [256, 512, 4]]
-    d.lm_docs = 8
+    d.copy_docs = 8
+    d.recall_docs = 8
     d.eval_lengths = [256, 1024]
     d.eval_depths = "0,1"
     d.eval_samples = 1

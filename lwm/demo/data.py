@@ -1,11 +1,12 @@
 """The demo's training data, generated locally: a tokenizer corpus, needle-retrieval tasks mixed
 with plain language-model text, and the tokenized dataset the trainer reads.
 
-Every task is a record `{"context", "question", "answer"}` built with `[context+question],answer`,
-so the loss falls only on the answer (the needle sentence, then EOS); language-model records have
-an empty prompt and their whole text as `answer`. Task lengths are drawn per bucket, so one dataset
-serves every stage: with `long_examples="drop"`, a stage simply never sees tasks longer than its
-rows.
+Every record is `{"context", "question", "answer"}` built with `[context+question],answer`, so
+the loss falls only on the answer: the needle sentence(s) then EOS for a task; the repeat for the
+copy and associative-recall drills that a model trained from scratch needs before retrieval
+appears (plain language-model text teaches it far too slowly for a CPU budget). Task lengths are
+drawn per bucket, so one dataset serves every stage: with `long_examples="drop"`, a stage simply
+never sees tasks longer than its rows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lwm.data.needles import (
     make_question,
     needle_sentence,
 )
-from lwm.data.synth import random_sentences, write_text_corpus
+from lwm.data.synth import write_text_corpus
 from lwm.data.tokenizer import Tokenizer
 
 FIELDS = "[context+question],answer"
@@ -98,25 +99,34 @@ def needle_records(
     return out
 
 
-def lm_records(
-    num: int, *, sentences_per_doc: int = 12, needles_per_doc: int = 3, seed: int = 0
-) -> list[dict]:
-    """Language-model documents trained on in full: a block of random sentences with needle
-    sentences (random keys and numbers) among them, then the same block again. The numbers in
-    the second copy can only be predicted by finding them earlier in the context, so every such
-    document is dense practice of the copying that needle retrieval needs (in a task only the 7
-    answer digits carry that signal)."""
-    rng = np.random.default_rng(seed + 17)
-    sents = random_sentences(num * sentences_per_doc, seed=seed + 17)
+def copy_records(num: int, *, min_items: int = 4, max_items: int = 24, seed: int = 0) -> list[dict]:
+    """Copy drills: a random string of needle keys and digits, then the same string again (only
+    the repeat is trained on). Content-based copying (an induction head) is the first thing a
+    model from scratch must learn before it can retrieve anything, and these rows are the
+    densest signal for it: every repeated token is predictable only by finding it earlier."""
+    rng = np.random.default_rng(seed + 29)
+    words = [*DEFAULT_KEYS, *"0123456789"]
     out = []
-    for i in range(num):
-        block = sents[i * sentences_per_doc : (i + 1) * sentences_per_doc]
-        keys = rng.choice(len(DEFAULT_KEYS), size=needles_per_doc, replace=False)
-        for k in keys:
-            value = f"{int(rng.integers(1_000_000, 10_000_000)):07d}"
-            block.insert(int(rng.integers(len(block) + 1)), needle_sentence(DEFAULT_KEYS[k], value))
-        text = " ".join(block)
-        out.append({"context": "", "question": "", "answer": f"{text} {text}"})
+    for _ in range(num):
+        n = int(rng.integers(min_items, max_items + 1))
+        text = " ".join(words[int(i)] for i in rng.integers(0, len(words), n))
+        out.append({"context": text, "question": "", "answer": text})
+    return out
+
+
+def recall_records(num: int, *, min_keys: int = 2, max_keys: int = 6, seed: int = 0) -> list[dict]:
+    """Associative-recall drills: needle sentences with random keys and numbers, then the same
+    needles in a shuffled order as the answer. Each repeated number must be looked up by its key
+    (what the needle test asks), and a row carries several lookups instead of one."""
+    rng = np.random.default_rng(seed + 31)
+    out = []
+    for _ in range(num):
+        k = int(rng.integers(min_keys, max_keys + 1))
+        keys = [DEFAULT_KEYS[int(i)] for i in rng.permutation(len(DEFAULT_KEYS))[:k]]
+        values = [f"{int(rng.integers(1_000_000, 10_000_000)):07d}" for _ in keys]
+        first = " ".join(needle_sentence(c, v) for c, v in zip(keys, values))
+        again = " ".join(needle_sentence(keys[int(i)], values[int(i)]) for i in rng.permutation(k))
+        out.append({"context": first, "question": "", "answer": again})
     return out
 
 

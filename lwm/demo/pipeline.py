@@ -67,15 +67,16 @@ def _say(msg: str) -> None:
 
 
 def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib.Path:
-    """Corpus -> tokenizer -> needle tasks + LM documents -> tokenized dataset (each skipped
+    """Corpus -> tokenizer -> needle tasks + copy/recall drills -> tokenized dataset (each skipped
     when present). Returns the dataset directory."""
     from lwm.data.builder import build_dataset
     from lwm.data.tokenizer import Tokenizer, train_tokenizer
     from lwm.demo.data import (
         FIELDS,
         TaskBucket,
-        lm_records,
+        copy_records,
         needle_records,
+        recall_records,
         write_corpus,
         write_records,
     )
@@ -96,7 +97,7 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
         )
     tasks = paths.data / "tasks.jsonl"
     if not tasks.is_file():
-        _say("generating needle-retrieval tasks and language-model documents")
+        _say("generating needle-retrieval tasks, copy and recall drills")
         buckets = [TaskBucket(int(a), int(b), int(c)) for a, b, c in d.task_buckets]
         recs = needle_records(
             tok,
@@ -106,7 +107,8 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
             seed=d.seed,
             progress=True,
         )
-        recs += lm_records(d.lm_docs, seed=d.seed)
+        recs += copy_records(d.copy_docs, seed=d.seed)
+        recs += recall_records(d.recall_docs, seed=d.seed)
         write_records(tasks, recs, seed=d.seed)
     dataset = paths.data / "dataset"
     if not (dataset / "dataset_info.json").is_file():
