@@ -43,7 +43,7 @@ def get_config():
     config.stages = [
         # Most steps where they are cheap: short rows packed with copy / recall drills and short
         # needle tasks, where content-based retrieval is learned...
-        stage_section(seq_len=128, steps=1500, batch_tokens=4096, rope_theta=1e4, lr=3e-3),
+        stage_section(seq_len=128, steps=2400, batch_tokens=4096, rope_theta=1e4, lr=3e-3),
         # ...then the context grows, RoPE theta with it, sequence parallelism for longer rows.
         stage_section(
             seq_len=512,
@@ -84,11 +84,13 @@ def get_config():
     d.vocab_size = m.vocab_size  # sentencepiece vocabulary trained on the generated corpus
     d.corpus_sentences = 20000
     # Needle tasks per length bucket: [min_tokens, max_tokens, count].
-    d.task_buckets = [[64, 128, 6000], [128, 512, 4000], [512, 2048, 800], [2048, 8192, 200]]
+    d.task_buckets = [[64, 128, 20000], [128, 512, 4000], [512, 2048, 800], [2048, 8192, 200]]
     d.max_keys = 4  # up to 3 distractor needles
     d.max_queries = 2  # up to 2 keys asked at once
-    d.copy_docs = 15000  # copy drills (4-24 keys/digits, repeated)
-    d.recall_docs = 15000  # associative-recall drills (2-6 needles, asked back shuffled)
+    d.copy_docs = 25000  # copy drills (4-24 keys/digits, repeated)
+    # Associative-recall drills (2-6 needles, asked back shuffled); distinct enough that stage 1
+    # (~150K examples) sees few repeats, so numbers cannot be memorised.
+    d.recall_docs = 60000
     d.seed = 0
     d.eval_lengths = [1024, 2048, 4096, 8192, 16384]
     d.eval_depths = "0:1:5"
