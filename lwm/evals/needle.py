@@ -281,18 +281,27 @@ def run_needle_eval(
             outputs = answer(prompts + [prompts[0]] * (len(batch) - n_real), budget)
             if len(outputs) != len(batch):
                 raise LwmError(f"answerer returned {len(outputs)} answers for {len(batch)} prompts")
-            for job, task, prompt, ids in zip(batch[:n_real], tasks, prompts, outputs[:n_real]):
-                rec = _record(tokenizer, spec, job, task, prompt, ids)
-                done[job.key] = rec
-                f.write(json.dumps(rec) + "\n")
-            f.flush()
-            if bar is not None:
-                bar.update(n_real)
-                acc = [done[j.key]["correct"] for j in jobs if j.key in done]
-                bar.set_postfix(acc=f"{sum(acc) / len(acc):.0%}")
+            recs = [
+                _record(tokenizer, spec, job, task, prompt, ids)
+                for job, task, prompt, ids in zip(batch[:n_real], tasks, prompts, outputs)
+            ]
+            log_records(f, done, recs, jobs, bar)
     if bar is not None:
         bar.close()
     return [done[j.key] for j in jobs]
+
+
+def log_records(f, done: dict, records: Sequence[dict], jobs: Sequence[Job], bar) -> None:
+    """Appends a batch's records to the open results file (flushed: a crash loses nothing
+    answered) and shows the running accuracy over `jobs` on the progress bar."""
+    for rec in records:
+        done[record_key(rec)] = rec
+        f.write(json.dumps(rec) + "\n")
+    f.flush()
+    if bar is not None:
+        bar.update(len(records))
+        acc = [done[j.key]["correct"] for j in jobs if j.key in done]
+        bar.set_postfix(acc=f"{sum(acc) / len(acc):.0%}")
 
 
 def _record(

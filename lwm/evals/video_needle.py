@@ -45,6 +45,7 @@ from lwm.evals.needle import (
     _prepare_out_dir,
     _repair_results,
     grid_jobs,
+    log_records,
     padded_batches,
     read_results,
     record_key,
@@ -422,15 +423,8 @@ def run_video_needle_eval(
             )
             if len(outputs) != len(batch):
                 raise LwmError(f"answerer returned {len(outputs)} answers for {len(batch)} prompts")
-            for task, prompt, ids in zip(tasks, prompts, outputs[:n_real]):
-                rec = _record(ev, task, prompt, ids)
-                done[task.job.key] = rec
-                f.write(json.dumps(rec) + "\n")
-            f.flush()
-            if bar is not None:
-                bar.update(n_real)
-                acc = [done[j.key]["correct"] for j in jobs if j.key in done]
-                bar.set_postfix(acc=f"{sum(acc) / len(acc):.0%}")
+            recs = [_record(ev, t, p, ids) for t, p, ids in zip(tasks, prompts, outputs)]
+            log_records(f, done, recs, jobs, bar)
     if bar is not None:
         bar.close()
     return [done[j.key] for j in jobs]
