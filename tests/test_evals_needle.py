@@ -13,7 +13,6 @@ from lwm.data.tokenizer import train_tokenizer
 from lwm.demo.data import write_corpus
 from lwm.errors import LwmError
 from lwm.evals.needle import (
-    RESULTS_FILE,
     Job,
     NeedleSpec,
     build_prompt,
@@ -22,11 +21,11 @@ from lwm.evals.needle import (
     make_task,
     padded_batches,
     parse_depths,
-    read_results,
     run_needle_eval,
     score_answer,
 )
 from lwm.evals.report import format_table, plot_heatmap, summarize
+from lwm.evals.results import RESULTS_FILE, read_results
 
 
 @pytest.fixture(scope="module")

@@ -225,7 +225,7 @@ def test_oracle_scores_and_resume(assets, tmp_path, kind, caption):
     assert len(lines) == 12 and len({(r["length"], r["depth"], r["sample"]) for r in recs2}) == 12
     # A different spec is refused.
     ev_other, codes_other = _eval(assets, needle=kind, caption=caption, needle_frames=2)
-    with pytest.raises(LwmError, match="different eval"):
+    with pytest.raises(LwmError, match="video needle results of a different eval"):
         run_video_needle_eval(oracle, ev_other, codes_other, **grid)
     # A wrong answerer scores 0; the report writes the heatmap and per-length token counts.
     wrong = OracleAnswerer(assets["tok"], codes, kind, wrong=True)

@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     )
     load_haystack(spec.haystack)  # bad haystack: fail before loading the model
 
-    from lwm.evals.model_runner import _model_dir
+    from lwm.evals.model_runner import existing_checkpoint
     from lwm.inference.runtime import load_tokenizer
     from lwm.models.io import read_model_config
 
-    cfg = read_model_config(_model_dir(args.checkpoint))
+    cfg = read_model_config(existing_checkpoint(args.checkpoint))
     lengths = check_lengths(
         lengths,
         cfg.max_sequence_length,

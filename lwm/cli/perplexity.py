@@ -32,14 +32,14 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lwm.cli.data import parse_lengths
-    from lwm.evals.model_runner import _model_dir
+    from lwm.evals.model_runner import existing_checkpoint
     from lwm.evals.needle import check_lengths
     from lwm.evals.run import evaluate_perplexity
     from lwm.inference.runtime import load_tokenizer
     from lwm.models.io import read_model_config
 
     lengths = sorted(parse_lengths(args.lengths))
-    cfg = read_model_config(_model_dir(args.checkpoint))
+    cfg = read_model_config(existing_checkpoint(args.checkpoint))
     lengths = check_lengths(
         lengths,
         cfg.max_sequence_length,

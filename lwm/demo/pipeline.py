@@ -160,8 +160,9 @@ def run_evals(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[str, 
     """Single-needle grid up to 2x the last stage and a multi-needle check; resumable."""
     from lwm.data.tokenizer import Tokenizer
     from lwm.evals.model_runner import load_eval_model
-    from lwm.evals.needle import NeedleSpec, parse_depths, read_results
+    from lwm.evals.needle import NeedleSpec, parse_depths
     from lwm.evals.report import summarize
+    from lwm.evals.results import read_results
     from lwm.evals.run import evaluate_needles, lazy_answerer
 
     d = config.demo

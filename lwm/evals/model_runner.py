@@ -32,14 +32,14 @@ def load_eval_model(
     """`(model, mesh)` for `checkpoint` (a model checkpoint or a training workdir)."""
     from lwm.models.io import load_model, read_model_config
 
-    cfg = read_model_config(_model_dir(checkpoint))
+    cfg = read_model_config(existing_checkpoint(checkpoint))
     backend = (overrides or {}).get("attention", {}).get("backend", cfg.attention.backend)
     mesh = eval_mesh(mesh_spec, backend)
-    model = load_model(_model_dir(checkpoint), mesh=mesh, overrides=overrides)
+    model = load_model(existing_checkpoint(checkpoint), mesh=mesh, overrides=overrides)
     return model, mesh
 
 
-def _model_dir(checkpoint: str | os.PathLike) -> str:
+def existing_checkpoint(checkpoint: str | os.PathLike) -> str:
     if not os.path.exists(checkpoint):
         raise LwmError(f"checkpoint not found: {checkpoint}")
     return str(checkpoint)

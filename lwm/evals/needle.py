@@ -16,7 +16,6 @@ no sample is lost or answered twice, whatever the count). Each answered sample i
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Callable, Iterable, Sequence
@@ -25,9 +24,7 @@ from typing import Any
 from lwm.data.needles import Haystack, NeedleTask, make_needle_task
 from lwm.data.tokenizer import Tokenizer
 from lwm.errors import LwmError
-
-RESULTS_FILE = "results.jsonl"
-CONFIG_FILE = "needle_config.json"
+from lwm.evals.results import RESULTS_FILE, log_records, open_results_dir
 
 AnswerFn = Callable[[list[list[int]], int], list[list[int]]]
 """`(prompts, max_new_tokens) -> generated ids per prompt` (greedy)."""
@@ -180,59 +177,6 @@ def padded_batches(items: Sequence[Any], batch_size: int) -> Iterable[tuple[list
         yield chunk, n_real
 
 
-# ----------------------------------------------------------------------------- results file
-
-
-def read_results(out_dir: str | os.PathLike) -> list[dict]:
-    """Records of `results.jsonl` (a torn last line from an interrupted run is ignored)."""
-    path = pathlib.Path(out_dir) / RESULTS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def record_key(r: dict) -> tuple[int, float, int]:
-    return (int(r["length"]), round(float(r["depth"]), 6), int(r["sample"]))
-
-
-def _prepare_out_dir(out_dir: pathlib.Path, identity: dict) -> None:
-    """Creates `out_dir` or checks that its earlier results come from the same eval."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = out_dir / CONFIG_FILE
-    if cfg.is_file():
-        old = json.loads(cfg.read_text())
-        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-        if diff:
-            k = diff[0]
-            raise LwmError(
-                f"{out_dir} holds needle results of a different eval ({k}: {old.get(k)!r} there, "
-                f"{identity.get(k)!r} now); use a new --out"
-            )
-        return
-    if (out_dir / RESULTS_FILE).exists():
-        raise LwmError(f"{out_dir} holds {RESULTS_FILE} without {CONFIG_FILE}; use a new --out")
-    tmp = cfg.with_name(cfg.name + ".tmp")
-    tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
-    os.replace(tmp, cfg)
-
-
-def _repair_results(path: pathlib.Path) -> None:
-    """Drops a torn last line so appended records start on a fresh line."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(cut)
-
-
 # ----------------------------------------------------------------------------- the eval
 
 
@@ -261,12 +205,10 @@ def run_needle_eval(
         "tokenizer": str(tokenizer.path),
         "max_new_tokens": max_new_tokens,
     }
-    _prepare_out_dir(out, ident)
+    done = open_results_dir(out, ident, what="needle")
     haystack = load_haystack(spec.haystack)
     jobs = grid_jobs(lengths, depths, samples)
     results_path = out / RESULTS_FILE
-    _repair_results(results_path)
-    done = {record_key(r): r for r in read_results(out)}
     todo = [j for j in jobs if j.key not in done]
     bar = None
     if progress and todo:
@@ -289,19 +231,6 @@ def run_needle_eval(
     if bar is not None:
         bar.close()
     return [done[j.key] for j in jobs]
-
-
-def log_records(f, done: dict, records: Sequence[dict], jobs: Sequence[Job], bar) -> None:
-    """Appends a batch's records to the open results file (flushed: a crash loses nothing
-    answered) and shows the running accuracy over `jobs` on the progress bar."""
-    for rec in records:
-        done[record_key(rec)] = rec
-        f.write(json.dumps(rec) + "\n")
-    f.flush()
-    if bar is not None:
-        bar.update(len(records))
-        acc = [done[j.key]["correct"] for j in jobs if j.key in done]
-        bar.set_postfix(acc=f"{sum(acc) / len(acc):.0%}")
 
 
 def _record(

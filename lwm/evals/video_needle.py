@@ -39,18 +39,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from lwm.errors import LwmError
-from lwm.evals.needle import (
-    RESULTS_FILE,
-    Job,
-    _prepare_out_dir,
-    _repair_results,
-    grid_jobs,
-    log_records,
-    padded_batches,
-    read_results,
-    record_key,
-    sample_seed,
-)
+from lwm.evals.needle import Job, grid_jobs, padded_batches, sample_seed
 from lwm.evals.needle_images import (
     NEEDLE_KINDS,
     Needle,
@@ -58,6 +47,7 @@ from lwm.evals.needle_images import (
     make_needle,
     num_choices,
 )
+from lwm.evals.results import RESULTS_FILE, log_records, open_results_dir
 from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate, question_suffix, video_prefix
 
 CAPTION_WORDS = (
@@ -397,11 +387,9 @@ def run_video_needle_eval(
         "tokens_per_frame": ev.tokens_per_frame,
         "max_new_tokens": max_new_tokens,
     }
-    _prepare_out_dir(out, json.loads(json.dumps(ident)))  # compared as stored (JSON types)
+    done = open_results_dir(out, ident, what="video needle")
     jobs = grid_jobs(lengths, depths, samples)
     results_path = out / RESULTS_FILE
-    _repair_results(results_path)
-    done = {record_key(r): r for r in read_results(out)}
     todo = [j for j in jobs if j.key not in done]
     bar = None
     if progress and todo:
@@ -493,13 +481,13 @@ def evaluate_video_needles(
     """Runs (or resumes) the eval of a checkpoint; writes heatmap.png and summary.json to
     `out_dir` and returns the text table. Every input is checked before the model is loaded
     (loaded lazily, so a finished eval goes straight to the report)."""
-    from lwm.evals.model_runner import _model_dir, load_eval_model
+    from lwm.evals.model_runner import existing_checkpoint, load_eval_model
     from lwm.evals.run import lazy_answerer
     from lwm.inference.video_qa import check_vision_model
     from lwm.models.io import read_model_config
     from lwm.video.vqgan import load_vqgan, make_encode_fn
 
-    cfg = read_model_config(_model_dir(checkpoint))
+    cfg = read_model_config(existing_checkpoint(checkpoint))
     check_vision_model(cfg, 0, where=str(checkpoint))
     check_haystack(spec)
     vqgan = load_vqgan(vqgan_checkpoint)
