@@ -104,8 +104,8 @@ def load_params_numpy(
 ) -> tuple[dict, ModelConfig]:
     """The stored parameters as host numpy arrays (string keys) and the config."""
     path = _checkpoint_dir(directory)
-    cfg = read_model_config(path, step)
     with Checkpointer(path, keep=None, async_save=False) as ckpt:
+        cfg = _stored_config(ckpt, path, step)
         params, _, _ = ckpt.restore(step, subtree="params")
     return params, cfg
 
@@ -114,9 +114,13 @@ def read_model_config(directory: str | pathlib.Path, step: int | None = None) ->
     """The ModelConfig stored with a checkpoint, without reading any array."""
     path = _checkpoint_dir(directory)
     with Checkpointer(path, keep=None, async_save=False) as ckpt:
-        if ckpt.latest_step() is None:
-            raise LwmError(f"no checkpoint in {path}")
-        meta = ckpt.metadata(step)
+        return _stored_config(ckpt, path, step)
+
+
+def _stored_config(ckpt: Checkpointer, path: pathlib.Path, step: int | None) -> ModelConfig:
+    if ckpt.latest_step() is None:
+        raise LwmError(f"no checkpoint in {path}")
+    meta = ckpt.metadata(step)
     if MODEL_CONFIG_KEY not in meta:
         raise LwmError(f"checkpoint in {path} has no model config (not an lwm model checkpoint)")
     return ModelConfig.from_dict(meta[MODEL_CONFIG_KEY])
@@ -136,7 +140,19 @@ def load_model(
     are read directly into their shardings.
     """
     path = _checkpoint_dir(checkpoint_dir)
-    cfg = read_model_config(path, step)
+    with Checkpointer(path, keep=None, async_save=False) as ckpt:
+        cfg = _stored_config(ckpt, path, step)
+        return _restore_model(ckpt, cfg, mesh=mesh, step=step, overrides=overrides)
+
+
+def _restore_model(
+    ckpt: Checkpointer,
+    cfg: ModelConfig,
+    *,
+    mesh: Mesh | None,
+    step: int | None,
+    overrides: Mapping[str, Any] | None,
+) -> Transformer:
     if overrides:
         cfg = cfg.replace(**dict(overrides))
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh))
@@ -154,8 +170,7 @@ def load_model(
         abstract_params = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_params
         )
-    with Checkpointer(path, keep=None, async_save=False) as ckpt:
-        params, _, _ = ckpt.restore(step, abstract_state=abstract_params, subtree="params")
+    params, _, _ = ckpt.restore(step, abstract_state=abstract_params, subtree="params")
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, _int_keys(params))
     return nnx.merge(graphdef, state)
