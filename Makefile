@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format setup clean
+.PHONY: demo demo-video test lint format setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/lwm demo
+
+demo-video: $(STAMP)
+	$(BIN)/lwm demo --video
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 """`lwm demo` (and `make demo`): generate data, train a tiny model with ring attention through
 growing context stages on 8 simulated CPU devices, evaluate needle retrieval up to 2x the last
-stage, and write plots and a summary. Rerunning resumes."""
+stage, and write plots and a summary. `lwm demo --video` (`make demo-video`) does the same for a
+vision-language model on real clips (tiny VQGAN, video needle eval). Rerunning resumes."""
 
 from __future__ import annotations
 
@@ -17,8 +18,22 @@ def add_parser(subparsers) -> None:
         "same command to resume after an interruption. Override config fields with "
         "--config.a.b=v (e.g. --config.stages.0.steps=100).",
     )
-    p.add_argument("--config", default="demo", help="demo config file or name under configs/")
-    p.add_argument("--workdir", default="demo_run", help="directory for data, run and results")
+    p.add_argument(
+        "--video",
+        action="store_true",
+        help="the vision-language demo: tiny VQGAN on real clips, video needle eval "
+        "(default config demo_video, workdir demo_video_run)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="demo config file or name under configs/ (default: demo, or demo_video)",
+    )
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="directory for data, run and results (default: demo_run, or demo_video_run)",
+    )
     p.set_defaults(func=run)
 
 
@@ -28,11 +43,24 @@ def run(args: argparse.Namespace) -> int:
     ensure_host_devices(DEMO_DEVICES)  # before jax is imported
 
     from lwm.config import load_config
-    from lwm.demo.pipeline import run_demo
     from lwm.errors import ConfigError
 
-    config = load_config(args.config, args.config_overrides)
+    video = bool(getattr(args, "video", False))
+    name = args.config or ("demo_video" if video else "demo")
+    workdir = args.workdir or ("demo_video_run" if video else "demo_run")
+    config = load_config(name, args.config_overrides)
     if "demo" not in config:
-        raise ConfigError(f"config {args.config} has no `demo` section (see configs/demo.py)")
-    print(run_demo(config, args.workdir))
+        raise ConfigError(f"config {name} has no `demo` section (see configs/demo.py)")
+    if video:
+        from lwm.demo.video_pipeline import run_video_demo
+
+        if "vqgan" not in config or "vqgan_train" not in config:
+            raise ConfigError(
+                f"config {name} has no `vqgan` / `vqgan_train` sections (see configs/demo_video.py)"
+            )
+        print(run_video_demo(config, workdir))
+        return 0
+    from lwm.demo.pipeline import run_demo
+
+    print(run_demo(config, workdir))
     return 0

@@ -200,31 +200,17 @@ def run_evals(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[str, 
     return out
 
 
-def write_summary(
-    config: ml_collections.ConfigDict,
-    paths: DemoPaths,
-    stage_times: dict[str, float],
-    evals: dict[str, dict],
-    phase_seconds: dict[str, float],
-) -> str:
-    """`results/summary.md` and `summary.json`; copies the loss curve and heatmaps beside them."""
-    from lwm.evals.report import format_length
+def stage_table(
+    config: ml_collections.ConfigDict, paths: DemoPaths, stage_times: dict[str, float]
+) -> tuple[list[str], dict[int, float]]:
+    """Markdown rows (stage, seq_len, rope theta, steps, final loss, wall time) and the last
+    logged loss per stage, from the trainer's metrics.jsonl."""
     from lwm.training.metrics import read_metrics
 
-    res = paths.results
-    if (paths.train / "loss_curve.png").is_file():
-        shutil.copy(paths.train / "loss_curve.png", res / "loss_curve.png")
-    for name in evals:
-        src = res / f"needle_{name}" / "heatmap.png"
-        if src.is_file():
-            shutil.copy(src, res / f"heatmap_{name}.png")
-    metrics = read_metrics(paths.train / "metrics.jsonl")
     last_loss: dict[int, float] = {}
-    for r in metrics:
+    for r in read_metrics(paths.train / "metrics.jsonl"):
         last_loss[int(r["stage"])] = float(r["loss"])
     lines = [
-        "# lwm demo results",
-        "",
         "| stage | seq_len | rope theta | steps | final loss | wall time |",
         "|---|---|---|---|---|---|",
     ]
@@ -234,6 +220,28 @@ def write_summary(
             f"| {i + 1} | {st.seq_len} | {st.rope_theta:g} | {st.steps} | "
             f"{last_loss.get(i, float('nan')):.3f} | {'-' if t is None else f'{t / 60:.1f} min'} |"
         )
+    return lines, last_loss
+
+
+def write_summary(
+    config: ml_collections.ConfigDict,
+    paths: DemoPaths,
+    stage_times: dict[str, float],
+    evals: dict[str, dict],
+    phase_seconds: dict[str, float],
+) -> str:
+    """`results/summary.md` and `summary.json`; copies the loss curve and heatmaps beside them."""
+    from lwm.evals.report import format_length
+
+    res = paths.results
+    if (paths.train / "loss_curve.png").is_file():
+        shutil.copy(paths.train / "loss_curve.png", res / "loss_curve.png")
+    for name in evals:
+        src = res / f"needle_{name}" / "heatmap.png"
+        if src.is_file():
+            shutil.copy(src, res / f"heatmap_{name}.png")
+    table, last_loss = stage_table(config, paths, stage_times)
+    lines = ["# lwm demo results", "", *table]
     for name, s in evals.items():
         heads = [format_length(int(n)) for n in s["lengths"]]
         lines += [
