@@ -2,6 +2,11 @@
 
 `vision_mask` picks per position which table a token id indexes (LWM's interleaved video/text).
 Ids are clamped to 0 where the other table applies, so out-of-range ids never reach a gather.
+
+On a mesh, a table's embedding dimension is gathered whole for the lookup (as FSDP gathers every
+weight) while the ids stay sharded like the activations (batch, length): a lookup into a table
+sharded on that dimension would come out sharded on it, and XLA can only move such an output to
+the activations' sharding by materialising the full `[B, T, D]` activation on every device.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from lwm.layers.params import normal_param
+from lwm.sharding import with_logical_constraint
 
 
 class Embedder(nnx.Module):
@@ -24,6 +31,7 @@ class Embedder(nnx.Module):
         stddev: float,
         param_dtype,
         dtype,
+        mesh: Mesh | None = None,
     ):
         self.text = normal_param(
             rngs, (vocab_size, dim), ("vocab", "embed"), stddev=stddev, dtype=param_dtype
@@ -36,12 +44,18 @@ class Embedder(nnx.Module):
             else None
         )
         self.dtype = dtype
+        self.mesh = mesh
+
+    def _lookup(self, table_vd: jax.Array, ids_bt: jax.Array) -> jax.Array:
+        table_vd = with_logical_constraint(table_vd, ("vocab", None), self.mesh)
+        ids_bt = with_logical_constraint(ids_bt, ("batch", "length"), self.mesh)
+        return jnp.take(table_vd, ids_bt, axis=0).astype(self.dtype)
 
     def __call__(self, tokens_bt: jax.Array, vision_mask_bt: jax.Array | None = None) -> jax.Array:
         if self.vision is None or vision_mask_bt is None:
-            return jnp.take(self.text[...], tokens_bt, axis=0).astype(self.dtype)
+            return self._lookup(self.text[...], tokens_bt)
         text_ids = jnp.where(vision_mask_bt, 0, tokens_bt)
         vision_ids = jnp.where(vision_mask_bt, tokens_bt, 0)
-        text_btd = jnp.take(self.text[...], text_ids, axis=0).astype(self.dtype)
-        vision_btd = jnp.take(self.vision[...], vision_ids, axis=0).astype(self.dtype)
+        text_btd = self._lookup(self.text[...], text_ids)
+        vision_btd = self._lookup(self.vision[...], vision_ids)
         return jnp.where(vision_mask_bt[..., None], vision_btd, text_btd)

@@ -42,6 +42,7 @@ class Transformer(nnx.Module):
             stddev=std,
             param_dtype=pd,
             dtype=dt,
+            mesh=mesh,
         )
         if cfg.scan_layers:
 
