@@ -12,6 +12,7 @@ configs/vqgan_small.py); everything else is an ordinary `lwm train` config.
 
 import ml_collections
 
+from lwm.config import load_config_file
 from lwm.data.config import default_data_config
 from lwm.models.presets import base_config
 from lwm.training.config import default_train_section, stage_section
@@ -74,47 +75,25 @@ def get_config():
     config.data.text_vocab_size = m.vocab_size
     config.data.vision_vocab_size = m.vision_vocab_size
 
-    config.vqgan = ml_collections.ConfigDict(
-        dict(
-            name="vqgan_demo",
-            resolution=RESOLUTION,
-            in_channels=3,
-            base_channels=16,
-            channel_multipliers=(1, 2, 2, 4),  # 3 downsamplings: 32 -> 4x4 codes
-            num_res_blocks=1,
-            norm_groups=8,
-            codebook_size=CODEBOOK,
-            embed_dim=16,
-            commitment_weight=0.25,
-            codebook_weight=1.0,
-            usage_decay=0.99,
-            dead_code_threshold=0.03,
-            dtype="float32",
-        )
+    # The VQGAN: configs/vqgan_small.py made smaller (32x32 frames, 3 downsamplings -> 4x4 codes).
+    vq = load_config_file("vqgan_small")
+    config.vqgan = vq.vqgan
+    config.vqgan.update(
+        name="vqgan_demo",
+        resolution=RESOLUTION,
+        channel_multipliers=(1, 2, 2, 4),
+        codebook_size=CODEBOOK,
+        embed_dim=16,
     )
-    config.vqgan_train = ml_collections.ConfigDict(
-        dict(
-            steps=500,
-            batch_size=16,
-            learning_rate=2e-3,
-            warmup_steps=30,
-            b1=0.5,
-            b2=0.9,
-            grad_clip=1.0,
-            l1_weight=1.0,
-            l2_weight=1.0,
-            gan=False,
-            gan_weight=0.1,
-            gan_start_step=1000,
-            disc_channels=32,
-            disc_layers=2,
-            seed=0,
-            log_every=50,
-            eval_every=250,
-            save_every=250,
-            keep=1,
-            grid_frames=8,
-        )
+    config.vqgan_train = vq.train
+    config.vqgan_train.update(
+        steps=500,
+        batch_size=16,
+        learning_rate=2e-3,
+        warmup_steps=30,
+        eval_every=250,
+        save_every=250,
+        keep=1,
     )
 
     d = ml_collections.ConfigDict()

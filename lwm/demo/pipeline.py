@@ -66,6 +66,13 @@ def _say(msg: str) -> None:
     print(f"lwm demo: {msg}", file=sys.stderr, flush=True)
 
 
+def write_json(path: pathlib.Path, data) -> None:
+    """Writes `data` as JSON atomically (a temporary file beside `path`, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
 def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib.Path:
     """Corpus -> tokenizer -> needle tasks + copy/recall drills -> tokenized dataset (each skipped
     when present). Returns the dataset directory."""
@@ -132,9 +139,7 @@ def train_stages(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[st
             key = str(current["stage"])
             times[key] = times.get(key, 0.0) + now - current["t0"]
             current["t0"] = now
-            tmp = times_path.with_name(STAGE_TIMES + ".tmp")
-            tmp.write_text(json.dumps(times, indent=1))
-            os.replace(tmp, times_path)
+            write_json(times_path, times)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -261,16 +266,14 @@ def write_summary(
     ]
     text = "\n".join(lines) + "\n"
     (res / "summary.md").write_text(text)
-    (res / "summary.json").write_text(
-        json.dumps(
-            {
-                "stage_seconds": stage_times,
-                "phase_seconds": phase_seconds,
-                "evals": evals,
-                "final_loss_per_stage": last_loss,
-            },
-            indent=1,
-        )
+    write_json(
+        res / "summary.json",
+        {
+            "stage_seconds": stage_times,
+            "phase_seconds": phase_seconds,
+            "evals": evals,
+            "final_loss_per_stage": last_loss,
+        },
     )
     return text
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from lwm.demo.pipeline import DemoPaths, stage_table, train_stages
+from lwm.demo.pipeline import DemoPaths, stage_table, train_stages, write_json
 from lwm.errors import LwmError
 
 VIDEO_FIELDS = "[head+vision+question],answer"
@@ -45,12 +45,6 @@ EVAL_DIR = "video_needle"
 
 def _say(msg: str) -> None:
     print(f"lwm demo --video: {msg}", file=sys.stderr, flush=True)
-
-
-def _write_json(path: pathlib.Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -153,7 +147,7 @@ def split_clips(d: ml_collections.ConfigDict, paths: VideoDemoPaths, resolution:
         "train_frames": sum(c["train"] for c in per_clip),
         "eval_frames": sum(c["frames"] - c["train"] for c in per_clip),
     }
-    _write_json(tmp / SPLIT_FILE, info)
+    write_json(tmp / SPLIT_FILE, info)
     if paths.clips.exists():
         shutil.rmtree(paths.clips)
     os.replace(tmp, paths.clips)
@@ -195,7 +189,7 @@ def train_demo_vqgan(config: ml_collections.ConfigDict, paths: VideoDemoPaths) -
     )
     dcfg = FrameDataConfig(paths=(str(paths.train_frames),), flip=True)
     metrics = train_vqgan(vcfg, tcfg, dcfg, paths.vqgan, bank=FrameBank(train, held))
-    _write_json(done, metrics)
+    write_json(done, metrics)
     return metrics
 
 
@@ -378,7 +372,7 @@ def prepare_video_data(
         _say(f"encoding {len(codes.pool)} training frames; generating video needle tasks")
         recs, stats = task_records(d, ev, codes)
         write_records(tasks, recs, seed=d.seed)
-        _write_json(paths.data / "tasks_stats.json", stats)
+        write_json(paths.data / "tasks_stats.json", stats)
     if not (dataset / "dataset_info.json").is_file():
         _say("tokenizing the tasks into an array_record dataset")
         meta = build_dataset(
@@ -512,7 +506,7 @@ def write_video_summary(
     ]
     text = "\n".join(lines) + "\n"
     (res / "summary.md").write_text(text)
-    _write_json(
+    write_json(
         res / "summary.json",
         {
             "split": split,
