@@ -1,6 +1,6 @@
 """`make demo` / `lwm demo`: a tiny world model trained from scratch on CPU (8 simulated devices,
-ring attention) through four context stages, 128 -> 512 -> 2K -> 8K tokens with RoPE theta
-rising, then needle-in-a-haystack evals up to 16K (2x the last stage).
+ring attention) through four context stages, 128 -> 512 -> 1K -> 2K tokens with RoPE theta
+rising, then needle-in-a-haystack evals up to 4K (2x the last stage).
 
 The `demo` section drives data generation and evaluation; everything else is an ordinary
 `lwm train` config (any field can be overridden with `--config.a.b=v`).
@@ -22,7 +22,7 @@ def get_config():
     m.num_layers = 4
     m.num_heads = 4
     m.num_kv_heads = 4
-    m.rope_theta = 10_000.0
+    m.rope_theta = 1e6
     m.max_sequence_length = 512  # stage 1 rows are shorter; the model's limit grows per stage
     m.attention.backend = "ring"
     m.attention.layout = "zigzag"
@@ -41,37 +41,45 @@ def get_config():
         peak_flops=1e11,  # nominal: skip the matmul benchmark (MFU is not the point here)
     )
     config.stages = [
-        # Most steps where they are cheap: short rows packed with copy / recall drills and short
-        # needle tasks, where content-based retrieval is learned...
-        stage_section(seq_len=128, steps=2400, batch_tokens=4096, rope_theta=1e4, lr=3e-3),
-        # ...then the context grows, RoPE theta with it, sequence parallelism for longer rows.
+        # Most steps where they are cheap: short rows of copy drills and needle tasks, where the
+        # copy / retrieval circuit forms (RoPE theta already high, so most rotary features barely
+        # turn over a row: matching by content, not by offset, is what the model finds)...
+        stage_section(seq_len=128, steps=700, batch_tokens=4096, rope_theta=1e6, lr=3e-3),
+        # ...then the context grows with theta, each stage reading only the tasks longer than
+        # the last stage's rows (the circuit must reach across the new distances), sequence
+        # parallelism for longer rows...
         stage_section(
             seq_len=512,
-            steps=150,
+            steps=200,
             batch_tokens=8192,
-            rope_theta=1e4,
+            rope_theta=2e6,
             lr=2e-3,
-            warmup_steps=5,
+            warmup_steps=10,
+            data=dict(min_example_len=129),
         ),
+        stage_section(
+            seq_len=1024,
+            steps=120,
+            batch_tokens=8192,
+            rope_theta=5e6,
+            max_sequence_length=1024,
+            lr=1e-3,
+            warmup_steps=10,
+            mesh=dict(dp=1, fsdp=4, tp=1, sp=2),
+            data=dict(min_example_len=513),
+        ),
+        # ...and the last stage's positions are stretched (PoSE) over twice its rows, so the
+        # 2x-length eval asks for distances the model has seen.
         stage_section(
             seq_len=2048,
-            steps=40,
+            steps=80,
             batch_tokens=8192,
-            rope_theta=1e5,
-            max_sequence_length=2048,
-            lr=1e-3,
-            warmup_steps=5,
-            mesh=dict(dp=1, fsdp=4, tp=1, sp=2),
-        ),
-        stage_section(
-            seq_len=8192,
-            steps=20,
-            batch_tokens=16384,
-            rope_theta=1e6,
-            max_sequence_length=16384,
+            rope_theta=1e7,
+            max_sequence_length=4096,
             lr=5e-4,
-            warmup_steps=3,
+            warmup_steps=5,
             mesh=dict(dp=1, fsdp=2, tp=1, sp=4),
+            data=dict(min_example_len=1025, position_stretch=2.0),
         ),
     ]
 
@@ -84,21 +92,21 @@ def get_config():
     d.vocab_size = m.vocab_size  # sentencepiece vocabulary trained on the generated corpus
     d.corpus_sentences = 20000
     # Needle tasks per length bucket: [min_tokens, max_tokens, count].
-    d.task_buckets = [[64, 128, 20000], [128, 512, 4000], [512, 2048, 800], [2048, 8192, 200]]
-    d.max_keys = 4  # up to 3 distractor needles
-    d.max_queries = 2  # up to 2 keys asked at once
-    d.copy_docs = 25000  # copy drills (4-24 keys/digits, repeated)
-    # Associative-recall drills (2-6 needles, asked back shuffled); distinct enough that stage 1
-    # (~150K examples) sees few repeats, so numbers cannot be memorised.
-    d.recall_docs = 60000
+    # Needle tasks per length bucket, [min_tokens, max_tokens, count], one bucket per stage (each
+    # stage reads its own: min_example_len); about one pass per stage. As many copy drills.
+    d.task_buckets = [[48, 128, 12000], [129, 512, 2500], [513, 1024, 800], [1025, 2048, 300]]
+    d.max_keys = 8  # up to 7 distractor needles...
+    d.max_queries = 2  # ...up to 2 keys asked in the question...
+    d.extra_queries = 7  # ...and the others asked back one by one (dense retrieval signal)
+    d.copy_ratio = 1.0  # copy drills per needle task, per bucket
     d.seed = 0
-    d.eval_lengths = [1024, 2048, 4096, 8192, 16384]
+    d.eval_lengths = [512, 1024, 2048, 4096]
     d.eval_depths = "0:1:5"
-    d.eval_samples = 2
+    d.eval_samples = 4
     d.eval_batch_size = 2
     d.multi_needles = 4  # a second eval: 4 needles, 1 asked
-    d.multi_lengths = [2048, 8192]
-    d.multi_samples = 1
+    d.multi_lengths = [2048, 4096]
+    d.multi_samples = 2
     d.eval_mesh = "sp=8"
     config.demo = d
     return config

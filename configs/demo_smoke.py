@@ -29,6 +29,7 @@ def get_config():
             max_sequence_length=256,
             mesh=dict(dp=1, fsdp=4, tp=1, sp=2),
         ),
+        # the real demo's last-stage options: only the longer tasks, stretched positions
         stage_section(
             seq_len=512,
             steps=1,
@@ -36,13 +37,13 @@ def get_config():
             rope_theta=1e6,
             max_sequence_length=1024,
             mesh=dict(dp=1, fsdp=2, tp=1, sp=4),
+            data=dict(min_example_len=129, position_stretch=2.0),
         ),
     ]
     d = config.demo
     d.corpus_sentences = 2000
     d.task_buckets = [[96, 128, 40], [128, 256, 10], [256, 512, 4]]
-    d.copy_docs = 8
-    d.recall_docs = 8
+    d.copy_ratio = 0.5
     d.eval_lengths = [256, 1024]
     d.eval_depths = "0,1"
     d.eval_samples = 1

@@ -31,13 +31,15 @@ def built(tmp_path_factory):
     return {"dir": d, "path": str(d / "ds"), "tok": tok, "meta": meta}
 
 
-def _expected_pieces(path, seq_len, long_examples="split"):
+def _expected_pieces(path, seq_len, long_examples="split", min_len=0):
     """Oracle: each example's (input, target, loss, vision, target-vision) pairs cut at seq_len."""
     src = open_source(path)
     out = collections.Counter()
     for i in range(len(src)):
         ex = src[i]
         t, m, v = ex["tokens"], ex["loss_mask"], ex["vision_mask"]
+        if len(t) < min_len:
+            continue
         n = len(t) - 1
         starts = range(0, n, seq_len) if long_examples == "split" else [0]
         if long_examples == "drop" and n > seq_len:
@@ -207,3 +209,59 @@ def test_text_directory_input(built, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LwmError, match="no .txt"):
         build_dataset(tmp_path / "empty", tmp_path / "ds2", tokenizer=built["tok"])
+
+
+def test_min_example_len_reads_only_the_long_examples(built):
+    src = open_source(built["path"])
+    cut = int(np.median([len(src[i]["tokens"]) for i in range(len(src))]))
+    got = _segments(_epoch(built["path"], batch_size=1, cfg={"min_example_len": cut}))
+    assert got == _expected_pieces(built["path"], SEQ, min_len=cut)
+    assert sum(got.values()) < sum(_expected_pieces(built["path"], SEQ).values())
+
+
+def _stretched(batches):
+    """Per segment: (tokens, positions) of every packed piece."""
+    out = []
+    for b in batches:
+        for r in range(b["tokens"].shape[0]):
+            seg = b["segment_ids"][r]
+            for s in np.unique(seg[seg > 0]):
+                idx = np.flatnonzero(seg == s)
+                out.append((b["tokens"][r][idx].tolist(), b["positions"][r][idx]))
+    return out
+
+
+def test_position_stretch_opens_one_seeded_gap_per_example(built):
+    plain = _stretched(_epoch(built["path"], batch_size=2))
+    cfg = {"position_stretch": 3.0}
+    stretched = _stretched(_epoch(built["path"], batch_size=2, cfg=cfg))
+    # Same rows, same tokens; only the positions differ.
+    assert [t for t, _ in stretched] == [t for t, _ in plain]
+    gaps = 0
+    for _, pos in stretched:
+        d = np.diff(pos)
+        assert pos[0] == 0 and (d >= 1).all() and (d > 1).sum() <= 1
+        assert pos[-1] < 3 * SEQ
+        gaps += int((d > 1).any())
+    assert gaps > len(stretched) // 2
+    assert max(int(p[-1]) for _, p in stretched) >= 2 * SEQ  # spread well past the row length
+    # Deterministic: the same seed gives the same gaps, another seed others; resume is exact.
+    again = _stretched(_epoch(built["path"], batch_size=2, cfg=cfg))
+    assert all((a[1] == b[1]).all() for a, b in zip(stretched, again))
+    other = _stretched(_epoch(built["path"], batch_size=2, cfg=cfg, seed=1))
+    assert any(len(a[1]) > 1 and (a[1] != b[1]).any() for a, b in zip(stretched, other))
+    full = {"path": built["path"], "prefetch": 0, **cfg}
+    it = make_host_iterator(full, seq_len=SEQ, batch_size=2, seed=0)
+    next(it)
+    state = it.get_state()
+    ref = [next(it)["positions"] for _ in range(3)]
+    it2 = make_host_iterator(full, seq_len=SEQ, batch_size=2, seed=0)
+    it2.set_state(state)
+    for a in ref:
+        np.testing.assert_array_equal(a, next(it2)["positions"])
+
+
+@pytest.mark.parametrize("bad", [{"position_stretch": 0.5}, {"min_example_len": -1}])
+def test_bad_stretch_or_min_length_is_refused(built, bad):
+    with pytest.raises(Exception, match=next(iter(bad))):
+        _epoch(built["path"], batch_size=1, cfg=bad)

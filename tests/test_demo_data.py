@@ -1,32 +1,96 @@
-"""The demo's training drills: what each record asks the model to learn."""
+"""The demo's training data: what each record asks the model to learn, and how it is encoded."""
 
 import re
 
-from lwm.data.needles import DEFAULT_KEYS
-from lwm.demo.data import copy_records, recall_records
+import numpy as np
+import pytest
+
+from lwm.data.fields import ExampleEncoder
+from lwm.data.synth import NOISE_SENTENCES, write_text_corpus
+from lwm.data.tokenizer import train_tokenizer
+from lwm.demo.data import (
+    TaskBucket,
+    copy_items,
+    copy_records,
+    fields_spec,
+    needle_records,
+    recall_cue,
+)
 
 NEEDLE = re.compile(r"The special magic (\w+) number is: (\d{7})\.")
+EXTRA = 3
 
 
-def test_copy_drills_repeat_their_context():
-    recs = copy_records(50, min_items=4, max_items=9, seed=3)
-    vocab = {*DEFAULT_KEYS, *"0123456789"}
-    assert len({r["context"] for r in recs}) == 50  # seeded but not degenerate
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo_data")
+    write_text_corpus(d / "c.txt", 3000)
+    return train_tokenizer([d / "c.txt"], 500, d / "t.model")
+
+
+def test_copy_drills_repeat_their_items_across_haystack_filler(tok):
+    buckets = [TaskBucket(48, 128, 30), TaskBucket(200, 400, 30)]
+    recs = copy_records(tok, buckets, ratio=1.0, extra_queries=EXTRA, seed=3)
+    assert len(recs) == 60 and recs == copy_records(tok, buckets, extra_queries=EXTRA, seed=3)
+    items = set(copy_items(tok))
+    # Single pieces: keys and bare digits, no word-boundary piece among them.
+    assert all(tok.decode([i]).strip() for i in items)
+    assert {tok.decode([i]) for i in items} >= set("0123456789")
+    noise = [tok.encode(x) for x in NOISE_SENTENCES]
+    enc = ExampleEncoder(tok, fields_spec(EXTRA))
+    fillers = []
+    for r, b in zip(recs, [buckets[0]] * 30 + [buckets[1]] * 30):
+        copy, ctx = r["answer"], r["context"]
+        assert 1 <= len(copy) <= 16 and set(copy) <= items and r["question"] == ""
+        assert ctx[: len(copy)] == copy
+        filler = ctx[len(copy) :]
+        rest = filler
+        while rest:  # the filler is whole noise sentences
+            head = next(n for n in noise if rest[: len(n)] == n)
+            rest = rest[len(head) :]
+        assert all(r[f"q{i}"] == r[f"a{i}"] == "" for i in range(2, EXTRA + 2))
+        ex = enc(r)
+        assert b.min_len - 16 <= len(ex) <= b.max_len  # filler is added in whole sentences
+        assert ex.tokens[ex.loss_mask == 1].tolist() == [*copy, tok.eos_id]
+        fillers.append(len(filler))
+    # The source sits at many distances, up to most of the longer bucket's rows.
+    assert min(fillers[:30]) < 60 and max(fillers[30:]) > 300
+    assert len(set(fillers)) > 30
+
+
+def test_needle_tasks_ask_the_other_needles_back_one_by_one(tok):
+    buckets = [TaskBucket(200, 600, 40)]
+    recs = needle_records(tok, buckets, max_keys=6, max_queries=2, extra_queries=EXTRA, seed=1)
+    assert recs == needle_records(
+        tok, buckets, max_keys=6, max_queries=2, extra_queries=EXTRA, seed=1
+    )
+    keys = set(fields_spec(EXTRA).replace("[", "").replace("]", "").replace("+", ",").split(","))
+    asked_extra = 0
     for r in recs:
-        words = r["context"].split()
-        assert 4 <= len(words) <= 9 and set(words) <= vocab
-        assert r["answer"] == r["context"] and r["question"] == ""
-    assert copy_records(5, seed=3) == copy_records(5, seed=3)
+        assert set(r) == keys  # every record has every field of the spec
+        given = dict(NEEDLE.findall(r["context"]))
+        in_question = {k for k in given if k in r["question"]}
+        assert in_question and all(given[k] in r["answer"] for k in in_question)
+        extra = [(r[f"q{i}"], r[f"a{i}"]) for i in range(2, EXTRA + 2) if r[f"q{i}"]]
+        assert len(extra) == min(EXTRA, len(given) - len(in_question))
+        cues = [q.split()[3] for q, _ in extra]
+        assert len(set(cues)) == len(cues) and not set(cues) & in_question
+        for (q, a), key in zip(extra, cues):
+            assert q == recall_cue(key) and a == given[key] + "."
+        assert all(not r[f"q{i}"] and not r[f"a{i}"] for i in range(2 + len(extra), EXTRA + 2))
+        asked_extra += len(extra)
+    assert asked_extra > len(recs)  # the extra queries are a real part of the signal
 
 
-def test_recall_drills_ask_every_needle_back_by_key():
-    recs = recall_records(40, min_keys=2, max_keys=6, seed=1)
-    shuffled = 0
-    for r in recs:
-        given = NEEDLE.findall(r["context"])
-        asked = NEEDLE.findall(r["answer"])
-        assert 2 <= len(given) <= 6
-        assert len({k for k, _ in given}) == len(given)  # distinct keys: lookups are unambiguous
-        assert sorted(asked) == sorted(given)  # every needle asked once, with its own number
-        shuffled += asked != given
-    assert shuffled > 20  # the order changes, so position alone cannot answer
+def test_only_the_answers_are_trained_on(tok):
+    rec = needle_records(
+        tok, [TaskBucket(300, 300, 5)], max_keys=5, max_queries=1, extra_queries=EXTRA, seed=4
+    )
+    enc = ExampleEncoder(tok, fields_spec(EXTRA))
+    for r in rec:
+        ex = enc(r)
+        trained = tok.decode(ex.tokens[ex.loss_mask == 1].tolist())
+        answers = [r["answer"]] + [r[f"a{i}"] for i in range(2, EXTRA + 2) if r[f"a{i}"]]
+        assert trained.replace(" ", "") == "".join(answers).replace(" ", "")
+        starts = np.flatnonzero(np.diff(ex.loss_mask.astype(int)) == 1)
+        assert len(starts) == len(answers)  # one trained run per answer, cues masked between

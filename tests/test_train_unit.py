@@ -224,3 +224,57 @@ def test_config_errors_before_compute():
     with pytest.raises(ConfigError, match="not divisible by dp\\*fsdp = 8"):
         parse_run(load_config("train_debug", ["train.batch_tokens=512"]))
     assert parse_run(cfg).stages[0].batch_size == 8
+
+
+def test_stage_data_overrides_reach_that_stage_only(tmp_path):
+    """`stages[i].data` overrides config.data for stage i's iterator (here: skip the short
+    examples and stretch positions); bad overrides fail at parse time."""
+    import json
+
+    from lwm.data.builder import build_dataset
+    from lwm.data.config import default_data_config
+    from lwm.data.synth import random_sentences, write_text_corpus
+    from lwm.data.tokenizer import train_tokenizer
+    from lwm.training.config import stage_section
+    from lwm.training.trainer import make_data_iterator
+
+    write_text_corpus(tmp_path / "c.txt", 2000)
+    tok = train_tokenizer([tmp_path / "c.txt"], 400, tmp_path / "t.model")
+    sents = random_sentences(200, seed=0)
+    with open(tmp_path / "d.jsonl", "w") as f:
+        for i in range(60):
+            f.write(json.dumps({"a": " ".join(sents[i : i + 1 + 4 * (i % 2)])}) + "\n")
+    build_dataset(tmp_path / "d.jsonl", tmp_path / "ds", tokenizer=tok, fields="a", quiet=True)
+    cfg = load_config("train_debug")
+    cfg.data = default_data_config()
+    cfg.data.source, cfg.data.path, cfg.data.prefetch = "dataset", str(tmp_path / "ds"), 0
+    cfg.data.packing, cfg.data.long_examples = "pad", "drop"  # row lengths = example lengths
+    cfg.stages = [
+        stage_section(seq_len=128, steps=1, batch_tokens=1024),
+        stage_section(
+            seq_len=128,
+            steps=1,
+            batch_tokens=1024,
+            max_sequence_length=384,
+            data=dict(min_example_len=40, position_stretch=3.0),
+        ),
+    ]
+    spec = parse_run(cfg)
+    mesh = make_mesh({"dp": 1, "fsdp": 8, "tp": 1, "sp": 1})
+    rows = []
+    for st in spec.stages:
+        it = make_data_iterator(spec, st, mesh, spec.model)
+        b = jax.device_get(next(it))
+        seg = np.asarray(b["segment_ids"])
+        lens = [int((row == s).sum()) for row in seg for s in np.unique(row[row > 0])]
+        rows.append((min(lens), int(np.asarray(b["positions"]).max())))
+    assert rows[0][0] < 40 and rows[0][1] < 128  # stage 0: the run's data section
+    assert rows[1][0] >= 39 and rows[1][1] >= 128  # stage 1: long examples, stretched positions
+    bad = [
+        (dict(position_stretch=4.0), "exceeds max_sequence_length 384"),
+        (dict(no_such_field=1), "unknown stages\\[1\\].data fields"),
+    ]
+    for data, match in bad:
+        cfg.stages[1].data = data
+        with pytest.raises(ConfigError, match=match):
+            parse_run(cfg)

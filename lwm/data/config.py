@@ -44,6 +44,14 @@ class DataConfig:
     """If > 0, refuse a dataset holding a vision code >= this (set from the model)."""
     prefetch: int = 2
     """Batches prepared ahead in a background thread (0 = none)."""
+    min_example_len: int = 0
+    """Skip examples shorter than this many tokens (0 = keep all): a long-context stage reads only
+    the long tasks of a dataset that mixes lengths. Counted with the dropped long examples."""
+    position_stretch: float = 1.0
+    """PoSE-style position skipping (Zhu et al. 2023): > 1 opens one random gap in each packed
+    example's positions so they spread over up to `position_stretch` x seq_len; a stage then sees
+    relative distances beyond its row length at the row length's cost. 1 = contiguous positions.
+    The gap is a function of the iterator seed and the example, so resumed runs see the same."""
 
     def __post_init__(self):
         if self.packing not in ("first_fit", "greedy", "pad"):
@@ -60,6 +68,10 @@ class DataConfig:
             raise ConfigError(f"data.num_epochs must be >= 0, got {self.num_epochs}")
         if self.prefetch < 0:
             raise ConfigError(f"data.prefetch must be >= 0, got {self.prefetch}")
+        if self.min_example_len < 0:
+            raise ConfigError(f"data.min_example_len must be >= 0, got {self.min_example_len}")
+        if not self.position_stretch >= 1.0:
+            raise ConfigError(f"data.position_stretch must be >= 1, got {self.position_stretch}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | DataConfig) -> DataConfig:

@@ -142,14 +142,24 @@ class PackedRowIterator(grain.DatasetIterator):
             elif self._next < self._len:
                 k = self._next
                 self._next += 1
-                packer.add_example(k, len(self._fetch(k)["tokens"]) - 1)
+                n = len(self._fetch(k)["tokens"])
+                if n < self._cfg.min_example_len:
+                    packer.dropped_examples += 1
+                    self._cache.pop(k, None)
+                else:
+                    packer.add_example(k, n - 1)
             elif packer.open:
                 packer.flush()
             else:
                 raise StopIteration
         row = packer.ready.popleft()
         out = materialize_row(
-            row, {k: self._fetch(k) for k, _, _ in row}, self._seq_len, self._cfg.pad_id
+            row,
+            {k: self._fetch(k) for k, _, _ in row},
+            self._seq_len,
+            self._cfg.pad_id,
+            position_stretch=self._cfg.position_stretch,
+            seed=int(self._fingerprint["seed"]),
         )
         live = packer.referenced()
         for k in [k for k in self._cache if k not in live]:

@@ -139,8 +139,13 @@ def materialize_row(
     examples: Mapping[int, Mapping[str, np.ndarray]],
     seq_len: int,
     pad_id: int,
+    *,
+    position_stretch: float = 1.0,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Arrays of one packed row; `examples[k]` holds `tokens`, `loss_mask`, `vision_mask` [L]."""
+    """Arrays of one packed row; `examples[k]` holds `tokens`, `loss_mask`, `vision_mask` [L].
+
+    `position_stretch` > 1: each piece's positions get one gap (`stretched_positions`)."""
     out = {k: np.zeros(seq_len, BATCH_DTYPES[k]) for k in BATCH_KEYS}
     out["tokens"][:] = pad_id
     out["targets"][:] = pad_id
@@ -155,6 +160,23 @@ def materialize_row(
         out["vision_mask"][sl] = vis[s : s + n]
         out["target_vision_mask"][sl] = vis[s + 1 : s + n + 1]
         out["segment_ids"][sl] = seg
-        out["positions"][sl] = np.arange(n, dtype=np.int32)
+        if position_stretch > 1.0:
+            out["positions"][sl] = stretched_positions(n, position_stretch * seq_len, (seed, k, s))
+        else:
+            out["positions"][sl] = np.arange(n, dtype=np.int32)
         pos += n
     return out
+
+
+def stretched_positions(n: int, span: float, key: tuple[int, ...]) -> np.ndarray:
+    """Positions 0..n-1 with one gap (PoSE): a cut uniform in [1, n) and a gap uniform in
+    [0, span - n], so the last position stays below `span`. Seeded by `key` (deterministic, so a
+    resumed run rebuilds the same rows). Relative distances across the cut grow by the gap;
+    distances within each side are unchanged."""
+    pos = np.arange(n, dtype=np.int64)
+    room = int(span) - n
+    if n > 1 and room > 0:
+        rng = np.random.default_rng([int(x) & 0xFFFFFFFF for x in key])
+        cut = int(rng.integers(1, n))
+        pos[cut:] += int(rng.integers(0, room + 1))
+    return pos.astype(np.int32)

@@ -74,16 +74,15 @@ def write_json(path: pathlib.Path, data) -> None:
 
 
 def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib.Path:
-    """Corpus -> tokenizer -> needle tasks + copy/recall drills -> tokenized dataset (each skipped
+    """Corpus -> tokenizer -> needle tasks + copy drills -> tokenized dataset (each skipped
     when present). Returns the dataset directory."""
     from lwm.data.builder import build_dataset
     from lwm.data.tokenizer import Tokenizer, train_tokenizer
     from lwm.demo.data import (
-        FIELDS,
         TaskBucket,
         copy_records,
+        fields_spec,
         needle_records,
-        recall_records,
         write_corpus,
         write_records,
     )
@@ -103,24 +102,28 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
             f"{config.model.vocab_size}"
         )
     tasks = paths.data / "tasks.jsonl"
+    buckets = [TaskBucket(int(a), int(b), int(c)) for a, b, c in d.task_buckets]
     if not tasks.is_file():
-        _say("generating needle-retrieval tasks, copy and recall drills")
-        buckets = [TaskBucket(int(a), int(b), int(c)) for a, b, c in d.task_buckets]
+        _say("generating needle-retrieval tasks and copy drills")
         recs = needle_records(
             tok,
             buckets,
             max_keys=d.max_keys,
             max_queries=d.max_queries,
+            extra_queries=d.extra_queries,
             seed=d.seed,
             progress=True,
         )
-        recs += copy_records(d.copy_docs, seed=d.seed)
-        recs += recall_records(d.recall_docs, seed=d.seed)
+        recs += copy_records(
+            tok, buckets, ratio=d.copy_ratio, extra_queries=d.extra_queries, seed=d.seed
+        )
         write_records(tasks, recs, seed=d.seed)
     dataset = paths.data / "dataset"
     if not (dataset / "dataset_info.json").is_file():
         _say("tokenizing the tasks into an array_record dataset")
-        meta = build_dataset(tasks, dataset, tokenizer=tok, fields=FIELDS, overwrite=True)
+        meta = build_dataset(
+            tasks, dataset, tokenizer=tok, fields=fields_spec(d.extra_queries), overwrite=True
+        )
         _say(f"dataset: {meta['num_examples']} examples, {meta['num_tokens']:,} tokens")
     return dataset
 

@@ -111,6 +111,9 @@ class StageConfig:
     """This stage's own mesh sizes (e.g. more `sp` for longer context); None = the run's mesh."""
     grad_accum: int = 0
     """Microbatches per step (0 = train.grad_accum)."""
+    data: dict[str, Any] | None = None
+    """Overrides of `config.data` fields for this stage only (e.g. `min_example_len` to read only
+    long tasks, `position_stretch` for PoSE-style positions); None = the run's data section."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, index: int = 0) -> StageConfig:
@@ -134,6 +137,7 @@ class ResolvedStage:
     reset_optimizer: bool
     mesh: dict[str, int] | None
     grad_accum: int
+    data: dict[str, Any] | None = None
 
     @property
     def batch_tokens(self) -> int:
@@ -150,6 +154,14 @@ def _from_dict(cls, d, where: str):
         d["weight_decay_exclude"] = tuple(d["weight_decay_exclude"])
     if d.get("mesh") is not None:
         d["mesh"] = {str(k): int(v) for k, v in dict(d["mesh"]).items()}
+    if d.get("data") is not None:
+        from lwm.data.config import DataConfig
+
+        data = dict(d["data"])
+        unknown = set(data) - {f.name for f in dataclasses.fields(DataConfig)}
+        if unknown:
+            raise ConfigError(f"unknown {where}.data fields: {sorted(unknown)}")
+        d["data"] = data
     return cls(**d)
 
 
@@ -192,8 +204,15 @@ def resolve_stages(
                 else bool(s.reset_optimizer),
                 mesh=s.mesh,
                 grad_accum=s.grad_accum or train.grad_accum,
+                data=s.data,
             )
         )
+        stretch = float((s.data or {}).get("position_stretch", 1.0))
+        if stretch * seq_len > out[-1].max_sequence_length:
+            raise ConfigError(
+                f"stages[{i}]: position_stretch {stretch:g} x seq_len {seq_len} exceeds "
+                f"max_sequence_length {out[-1].max_sequence_length}"
+            )
         if out[-1].max_sequence_length < seq_len:
             raise ConfigError(
                 f"stages[{i}]: max_sequence_length {out[-1].max_sequence_length} < seq_len "

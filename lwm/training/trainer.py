@@ -205,8 +205,11 @@ def make_data_iterator(spec: RunSpec, st: ResolvedStage, mesh, model: ModelConfi
         from lwm.data.loader import make_train_iterator
     except ImportError as e:
         raise ConfigError(f"data.source {source!r} needs lwm.data.loader ({e})") from None
+    data = spec.config.data
+    if st.data:
+        data = {**(data.to_dict() if hasattr(data, "to_dict") else dict(data)), **st.data}
     return make_train_iterator(
-        spec.config.data, seq_len=st.seq_len, global_batch_size=st.batch_size, mesh=mesh, seed=seed
+        data, seq_len=st.seq_len, global_batch_size=st.batch_size, mesh=mesh, seed=seed
     )
 
 
