@@ -22,6 +22,7 @@ def get_config():
     m.num_layers = 4
     m.num_heads = 4
     m.num_kv_heads = 4
+    m.head_dim = 32
     m.rope_theta = 1e6
     m.max_sequence_length = 512  # stage 1 rows are shorter; the model's limit grows per stage
     m.attention.backend = "ring"
@@ -50,7 +51,7 @@ def get_config():
         # parallelism for longer rows...
         stage_section(
             seq_len=512,
-            steps=200,
+            steps=150,
             batch_tokens=8192,
             rope_theta=2e6,
             lr=2e-3,

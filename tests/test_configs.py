@@ -93,3 +93,16 @@ def test_missing_and_broken_config_files(tmp_path):
     broken.write_text("def get_config():\n    return 1 / 0\n")
     with pytest.raises(ConfigError, match="ZeroDivisionError"):
         load_config(str(broken))
+
+
+def test_derived_head_dim_follows_width_and_heads():
+    """A config built on a preset that changes the width or head count gets hidden / heads as its
+    head size, not the preset's (the demo once trained 16-wide heads instead of 32 this way)."""
+    from lwm.models.presets import base_config
+
+    config = base_config("debug")
+    config.model.hidden_size, config.model.num_heads = 128, 4
+    assert ModelConfig.from_dict(config.model.to_dict()).head_dim == 32
+    assert ModelConfig.from_dict(base_config("debug").model.to_dict()).head_dim == 16
+    demo = load_config("demo").model
+    assert ModelConfig.from_dict(demo.to_dict()).head_dim == demo.hidden_size // demo.num_heads

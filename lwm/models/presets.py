@@ -97,7 +97,11 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     """A run config with the model preset and a default mesh (all devices on fsdp)."""
     from lwm.models.config import AttentionConfig, ModelConfig
 
-    model = ModelConfig.from_dict(model_preset(preset)).to_dict()
+    spec = model_preset(preset)
+    model = ModelConfig.from_dict(spec).to_dict()
+    # head_dim is derived (hidden_size / num_heads) unless the preset fixes it: keep it 0 here, or
+    # a config that changes the width or head count would silently keep the preset's head size.
+    model["head_dim"] = int(spec.get("head_dim", 0))
     model["attention"] = dict(model.get("attention") or AttentionConfig().__dict__)
     config = ml_collections.ConfigDict()
     config.preset = preset
