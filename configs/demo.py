@@ -40,21 +40,34 @@ def get_config():
         log_every=10,
         reset_optimizer=False,
         peak_flops=1e11,  # nominal: skip the matmul benchmark (MFU is not the point here)
+        # Text only: the loss is the text loss (LWM's 0.5 mixes text and vision; here it would
+        # only halve the gradients that clip_norm sees).
+        text_loss_weight=1.0,
     )
     config.stages = [
         # Most steps where they are cheap: short rows of copy drills and needle tasks, where the
         # copy / retrieval circuit forms (RoPE theta already high, so most rotary features barely
         # turn over a row: matching by content, not by offset, is what the model finds)...
-        stage_section(seq_len=128, steps=700, batch_tokens=4096, rope_theta=1e6, lr=3e-3),
+        # A linear decay keeps the rate high through the steps where the circuit forms (~300-600).
+        stage_section(
+            seq_len=128,
+            steps=900,
+            batch_tokens=4096,
+            rope_theta=1e6,
+            lr=3e-3,
+            schedule="warmup_linear",
+            warmup_steps=50,
+        ),
         # ...then the context grows with theta, each stage reading only the tasks longer than
         # the last stage's rows (the circuit must reach across the new distances), sequence
         # parallelism for longer rows...
         stage_section(
             seq_len=512,
-            steps=150,
+            steps=200,
             batch_tokens=8192,
             rope_theta=2e6,
             lr=2e-3,
+            schedule="warmup_linear",
             warmup_steps=10,
             data=dict(min_example_len=129),
         ),
