@@ -1,13 +1,13 @@
-"""The demo's training data, generated locally: a tokenizer corpus, needle-retrieval tasks mixed
-with plain language-model text, and the tokenized dataset the trainer reads.
+"""The demo's training data, generated locally: a tokenizer corpus, needle-retrieval tasks and copy
+drills, and the tokenized dataset the trainer reads.
 
 Every record is `{"context", "question", "answer", "q2", "a2", ...}` built with
 `fields_spec(extra_queries)`, so the loss falls only on the answers: the needle sentence(s), then
 the numbers of the needles asked back one by one, for a task; the repeat for the copy drills that
 a model trained from scratch needs before retrieval appears (plain language-model text teaches it
-far too slowly for a CPU budget). Task lengths are
-drawn per bucket, so one dataset serves every stage: with `long_examples="drop"`, a stage simply
-never sees tasks longer than its rows.
+far too slowly for a CPU budget). Lengths are drawn per bucket, so one dataset serves every
+stage: with `long_examples="drop"` a stage never sees tasks longer than its rows, and with
+`min_example_len` a later stage reads only its own bucket.
 """
 
 from __future__ import annotations
