@@ -51,7 +51,7 @@ def get_config():
         # A linear decay keeps the rate high through the steps where the circuit forms (~300-600).
         stage_section(
             seq_len=128,
-            steps=900,
+            steps=700,
             batch_tokens=4096,
             rope_theta=1e6,
             lr=3e-3,
@@ -73,7 +73,7 @@ def get_config():
         ),
         stage_section(
             seq_len=1024,
-            steps=120,
+            steps=160,
             batch_tokens=8192,
             rope_theta=5e6,
             max_sequence_length=1024,
@@ -86,7 +86,7 @@ def get_config():
         # 2x-length eval asks for distances the model has seen.
         stage_section(
             seq_len=2048,
-            steps=80,
+            steps=130,
             batch_tokens=8192,
             rope_theta=1e7,
             max_sequence_length=4096,
