@@ -102,9 +102,9 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
             f"{config.model.vocab_size}"
         )
     tasks = paths.data / "tasks.jsonl"
-    buckets = [TaskBucket(int(a), int(b), int(c)) for a, b, c in d.task_buckets]
     if not tasks.is_file():
         _say("generating needle-retrieval tasks and copy drills")
+        buckets = [TaskBucket(int(a), int(b), int(c)) for a, b, c in d.task_buckets]
         recs = needle_records(
             tok,
             buckets,
