@@ -42,7 +42,7 @@ def get_config():
     ]
     d = config.demo
     d.corpus_sentences = 2000
-    d.task_buckets = [[96, 128, 40], [128, 256, 10], [256, 512, 4]]
+    d.task_buckets = [[96, 128, 40], [128, 256, 10, 2], [256, 512, 4]]  # min 2 needles in one
     d.copy_ratio = 0.5
     d.eval_lengths = [256, 1024]
     d.eval_depths = "0,1"

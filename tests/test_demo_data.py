@@ -94,3 +94,16 @@ def test_only_the_answers_are_trained_on(tok):
         assert trained.replace(" ", "") == "".join(answers).replace(" ", "")
         starts = np.flatnonzero(np.diff(ex.loss_mask.astype(int)) == 1)
         assert len(starts) == len(answers)  # one trained run per answer, cues masked between
+
+
+def test_bucket_min_keys_sets_the_fewest_needles_per_task(tok):
+    def needles_per_task(bucket):
+        recs = needle_records(tok, [bucket], max_keys=8, max_queries=2, seed=5)
+        return [len(NEEDLE.findall(r["context"])) for r in recs]
+
+    dense = needles_per_task(TaskBucket(400, 500, 40, 3))
+    assert min(dense) >= 3 and max(dense) > 3
+    # The default draws from 1 needle up; a short bucket caps the count at what fits.
+    assert min(needles_per_task(TaskBucket(400, 500, 40))) == 1
+    short = needles_per_task(TaskBucket(150, 170, 20, 6))
+    assert 1 <= min(short) and max(short) <= 3

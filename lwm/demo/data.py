@@ -41,11 +41,13 @@ def fields_spec(extra_queries: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class TaskBucket:
     """`count` needle tasks (and as many copy drills, times the copy ratio) with lengths (in
-    tokens) drawn uniformly from [min_len, max_len]."""
+    tokens) drawn uniformly from [min_len, max_len], each with at least `min_keys` needles
+    (fewer only when they do not fit the length)."""
 
     min_len: int
     max_len: int
     count: int
+    min_keys: int = 1
 
 
 def write_corpus(path: str | os.PathLike, num_sentences: int, *, seed: int = 0) -> None:
@@ -85,12 +87,13 @@ def needle_records(
     seed: int = 0,
     progress: bool = False,
 ) -> list[dict]:
-    """Needle tasks: per task, lengths uniform in the bucket, depth uniform in [0, 1], 1..max_keys
-    keys of which 1..min(keys, max_queries) are asked in the eval's question form. The needles
-    not asked there are then asked back one by one (up to `extra_queries`, in a random order):
-    `recall_cue(key)` as a masked cue, the number as the trained answer. Every needle in a row is
-    a lookup at its own distance, which trains retrieval across the whole row several times per
-    example instead of once."""
+    """Needle tasks: per task, lengths uniform in the bucket, depth uniform in [0, 1],
+    bucket.min_keys..max_keys needles (fewer when they do not fit the length), of which
+    1..min(keys, max_queries) are asked in the eval's question form. The needles not asked there
+    are then asked back one by one (up to `extra_queries`, in a random order): `recall_cue(key)`
+    as a masked cue, the number as the trained answer. Every needle in a row is a lookup at its
+    own distance, which trains retrieval across the whole row several times per example instead
+    of once."""
     rng = np.random.default_rng(seed)
     hay = Haystack(haystack)
     total = sum(b.count for b in buckets)
@@ -104,7 +107,8 @@ def needle_records(
         for _ in range(b.count):
             length = int(rng.integers(b.min_len, b.max_len + 1))
             # Each needle costs ~17 tokens, its extra query ~15, the question + answer ~40.
-            keys = min(int(rng.integers(1, max_keys + 1)), max(1, (length - 48) // 32))
+            keys = int(rng.integers(min(b.min_keys, max_keys), max_keys + 1))
+            keys = min(keys, max(1, (length - 48) // 32))
             queries = int(rng.integers(1, min(keys, max_queries) + 1))
             depth, task_seed = float(rng.uniform()), int(rng.integers(1 << 62))
             while True:  # fewer needles when they do not fit the length
