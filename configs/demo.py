@@ -64,7 +64,7 @@ def get_config():
         # (measured: 4-needle retrieval 10-20% before, 90% after, at 128-256 tokens)...
         stage_section(
             seq_len=256,
-            steps=520,
+            steps=600,
             batch_tokens=4096,
             rope_theta=1e6,
             lr=3e-3,
@@ -77,7 +77,7 @@ def get_config():
         # parallelism for longer rows...
         stage_section(
             seq_len=1024,
-            steps=80,
+            steps=100,
             batch_tokens=8192,
             rope_theta=5e6,
             max_sequence_length=1024,
@@ -91,7 +91,7 @@ def get_config():
         # of repeated digits, fewer with more steps here.
         stage_section(
             seq_len=2048,
-            steps=150,
+            steps=160,
             batch_tokens=8192,
             rope_theta=1e7,
             max_sequence_length=4096,
