@@ -16,6 +16,7 @@ from lwm.demo.data import (
     needle_records,
     recall_cue,
 )
+from lwm.errors import LwmError
 
 NEEDLE = re.compile(r"The special magic (\w+) number is: (\d{7})\.")
 EXTRA = 3
@@ -107,3 +108,11 @@ def test_bucket_min_keys_sets_the_fewest_needles_per_task(tok):
     assert min(needles_per_task(TaskBucket(400, 500, 40))) == 1
     short = needles_per_task(TaskBucket(150, 170, 20, 6))
     assert 1 <= min(short) and max(short) <= 3
+
+
+def test_bucket_entries_parse_or_fail_with_one_line():
+    assert TaskBucket.parse([48, 128, 10]) == TaskBucket(48, 128, 10)
+    assert TaskBucket.parse((129, 256, 8, 3)) == TaskBucket(129, 256, 8, 3)
+    for bad in ([48, 128], [48, 128, 10, 2, 1], [128, 48, 10], [48, 128, 10, 0], [48, 1.5, 3]):
+        with pytest.raises(LwmError, match="demo.task_buckets entry"):
+            TaskBucket.parse(bad)

@@ -49,6 +49,22 @@ class TaskBucket:
     count: int
     min_keys: int = 1
 
+    @classmethod
+    def parse(cls, entry: Sequence) -> TaskBucket:
+        """A bucket from a config entry `[min_len, max_len, count]` or `[..., min_keys]`."""
+        if len(entry) not in (3, 4) or not all(float(x) == int(x) >= 0 for x in entry):
+            raise LwmError(
+                f"demo.task_buckets entry {list(entry)}: expected [min_tokens, max_tokens, "
+                "count] or [min_tokens, max_tokens, count, min_needles], non-negative integers"
+            )
+        bucket = cls(*(int(x) for x in entry))
+        if bucket.min_len > bucket.max_len or bucket.min_keys < 1:
+            raise LwmError(
+                f"demo.task_buckets entry {list(entry)}: needs min_tokens <= max_tokens and "
+                "min_needles >= 1"
+            )
+        return bucket
+
 
 def write_corpus(path: str | os.PathLike, num_sentences: int, *, seed: int = 0) -> None:
     """Tokenizer training text: random sentences, needle sentences and the eval's questions, so

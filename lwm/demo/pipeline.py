@@ -104,7 +104,7 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
     tasks = paths.data / "tasks.jsonl"
     if not tasks.is_file():
         _say("generating needle-retrieval tasks and copy drills")
-        buckets = [TaskBucket(*(int(x) for x in b)) for b in d.task_buckets]
+        buckets = [TaskBucket.parse(b) for b in d.task_buckets]
         recs = needle_records(
             tok,
             buckets,
