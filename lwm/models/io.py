@@ -18,17 +18,11 @@ from jax.sharding import Mesh
 
 from lwm.checkpoint import Checkpointer
 from lwm.errors import LwmError
+from lwm.io import str_keys
 from lwm.models.config import ModelConfig
 from lwm.models.transformer import Transformer, param_shardings
 
 MODEL_CONFIG_KEY = "model_config"
-
-
-def _str_keys(tree: Any) -> Any:
-    """Layer indices as string keys: checkpoint formats (orbax, JSON) store dict keys as strings."""
-    if isinstance(tree, Mapping):
-        return {str(k): _str_keys(v) for k, v in tree.items()}
-    return tree
 
 
 def _int_keys(tree: Any) -> Any:
@@ -42,14 +36,14 @@ def _int_keys(tree: Any) -> Any:
 
 def get_params(model: nnx.Module) -> dict:
     """The parameters as a nested dict of arrays (string keys, layer indices as "0", "1", ...)."""
-    return _str_keys(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    return str_keys(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def set_params(model: nnx.Module, params: Mapping) -> None:
     """Loads a nested dict of arrays into `model`, checking structure and shapes."""
     state = nnx.state(model, nnx.Param)
-    params = _str_keys(params)
-    want = _str_keys(nnx.to_pure_dict(state))
+    params = str_keys(params)
+    want = str_keys(nnx.to_pure_dict(state))
     want_paths = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(want)}
     got_paths = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
     if set(want_paths) != set(got_paths):
@@ -96,7 +90,7 @@ def save_params(
     """Writes a parameter tree (as from `get_params`) and its config as a model checkpoint."""
     meta = {MODEL_CONFIG_KEY: config.to_dict(), **(metadata or {})}
     with Checkpointer(directory, keep=None, async_save=False) as ckpt:
-        ckpt.save(step, {"params": _str_keys(params)}, metadata=meta, force=True)
+        ckpt.save(step, {"params": str_keys(params)}, metadata=meta, force=True)
 
 
 def load_params_numpy(
@@ -156,9 +150,9 @@ def _restore_model(
     if overrides:
         cfg = cfg.replace(**dict(overrides))
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh))
-    abstract_params = _str_keys(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+    abstract_params = str_keys(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
     if mesh is not None:
-        shardings = _str_keys(nnx.to_pure_dict(param_shardings(abstract, mesh)))
+        shardings = str_keys(nnx.to_pure_dict(param_shardings(abstract, mesh)))
         shardings = {k: v for k, v in shardings.items() if k in abstract_params}
         abstract_params = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

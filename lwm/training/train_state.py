@@ -8,7 +8,6 @@ nested dict (what checkpoints hold, and what `lwm.load_model` restores with `sub
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lwm.io import str_keys
 from lwm.models.config import ModelConfig
 
 
@@ -47,13 +47,6 @@ class ModelDef:
     def abstract_pure_params(self) -> Any:
         """ShapeDtypeStructs of the params dict (string keys, as checkpoints store them)."""
         return str_keys(self.abstract_params.to_pure_dict())
-
-
-def str_keys(tree: Any) -> Any:
-    """Layer indices as string keys ("0", "1", ...), the layout of params in checkpoints."""
-    if isinstance(tree, Mapping):
-        return {str(k): str_keys(v) for k, v in tree.items()}
-    return tree
 
 
 def _unflatten(flat: dict[tuple, Any]) -> dict:

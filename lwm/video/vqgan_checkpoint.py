@@ -17,6 +17,7 @@ from flax import nnx
 
 from lwm.checkpoint import Checkpointer, CheckpointError
 from lwm.errors import LwmError
+from lwm.io import str_keys
 from lwm.video.config import VQGANConfig
 from lwm.video.vqgan import VQGAN
 
@@ -25,13 +26,7 @@ KIND = "vqgan"
 
 def state_tree(module: nnx.Module) -> dict:
     """All of a module's state as nested dicts with string keys (orbax-friendly)."""
-    return _str_keys(nnx.state(module).to_pure_dict())
-
-
-def _str_keys(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {str(k): _str_keys(v) for k, v in tree.items()}
-    return tree
+    return str_keys(nnx.state(module).to_pure_dict())
 
 
 def _like_template(template: Any, tree: Any) -> Any:
