@@ -64,6 +64,10 @@ def parse_run(
             check_stage_shapes(model, st, shape)
     data = config.get("data") or {}
     data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    if data.get("source", "synthetic") != "synthetic":
+        from lwm.data.config import DataConfig
+
+        DataConfig.from_dict(data)  # its one-line errors now, not when the stage starts
     if train.eval_every:
         check_eval_data(data)
     check_sinks_available(train)
