@@ -69,15 +69,28 @@ def tensorboard_scalars(logdir: pathlib.Path) -> dict[str, dict[int, float]]:
     return out
 
 
-def wandb_history(run_file: pathlib.Path) -> list[dict]:
-    """The `history` rows (`run.log` calls) of an offline W&B run file, values JSON-decoded."""
+def wandb_history(run_file: pathlib.Path, timeout: float = 30.0) -> list[dict]:
+    """The `history` rows (`run.log` calls) of an offline W&B run file, values JSON-decoded.
+
+    W&B's service process writes the file after `finish()` returns: wait for its `exit` record."""
+    import time
+
+    t0 = time.time()
+    while True:
+        rows, done = _wandb_records(run_file)
+        if done or time.time() - t0 > timeout:
+            return rows
+        time.sleep(0.1)
+
+
+def _wandb_records(run_file: pathlib.Path) -> tuple[list[dict], bool]:
     import json
 
     from wandb.proto import wandb_internal_pb2
 
     raw = pathlib.Path(run_file).read_bytes()
     assert raw[:4] == b":W&B", raw[:8]
-    block, off, buf, rows = 32768, 7, b"", []
+    block, off, buf, rows, done = 32768, 7, b"", [], False
     while off + 7 <= len(raw):
         if block - off % block < 7:  # a block's tail too short for a header is padding
             off += block - off % block
@@ -92,10 +105,11 @@ def wandb_history(run_file: pathlib.Path) -> list[dict]:
             rec = wandb_internal_pb2.Record()
             rec.ParseFromString(buf)
             buf = b""
+            done = done or rec.WhichOneof("record_type") == "exit"
             if rec.WhichOneof("record_type") == "history":
                 row = {}
                 for item in rec.history.item:
                     key = item.key or "/".join(item.nested_key)
                     row[key] = json.loads(item.value_json)
                 rows.append(row)
-    return rows
+    return rows, done

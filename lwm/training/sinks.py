@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import pathlib
+import secrets
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -31,11 +32,18 @@ class MetricSink(Protocol):
     def close(self) -> None: ...
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules as None: imports of it are blocked
+        return False
+
+
 def check_sinks_available(train: TrainConfig) -> None:
     """One-line ConfigErrors (before any compute) for a sink asked for but not installed."""
-    if train.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+    if train.tensorboard and not _installed("tensorboardX"):
         raise ConfigError("train.tensorboard needs tensorboardX (pip install tensorboardX)")
-    if train.wandb_project and importlib.util.find_spec("wandb") is None:
+    if train.wandb_project and not _installed("wandb"):
         raise ConfigError(
             f"train.wandb_project={train.wandb_project!r} needs wandb (pip install wandb)"
         )
@@ -111,7 +119,7 @@ class WandbSink:
         if id_file.is_file():
             run_id = id_file.read_text().strip()
         else:
-            run_id = wandb.util.generate_id()
+            run_id = secrets.token_hex(4)
             write_text(id_file, run_id + "\n")
         self._run = wandb.init(
             project=project,
