@@ -80,18 +80,26 @@ class _Hook:
     every: int
 
 
+def make_hook(fn: Callable[[Any], None], *, every: int = 1, event: Event = "step") -> _Hook:
+    """A validated hook: LwmError for an unknown event or a period below 1."""
+    if event not in EVENTS:
+        raise LwmError(f"hook event {event!r}: expected one of {EVENTS}")
+    if every < 1:
+        raise LwmError(f"hook every={every}: must be >= 1")
+    return _Hook(fn, event, int(every))
+
+
 class Hooks:
     """The hooks of one trainer, by event."""
 
     def __init__(self) -> None:
         self._hooks: list[_Hook] = []
 
+    def extend(self, hooks: list[_Hook]) -> None:
+        self._hooks.extend(hooks)
+
     def add(self, fn: Callable[[Any], None], *, every: int = 1, event: Event = "step") -> None:
-        if event not in EVENTS:
-            raise LwmError(f"hook event {event!r}: expected one of {EVENTS}")
-        if every < 1:
-            raise LwmError(f"hook every={every}: must be >= 1")
-        self._hooks.append(_Hook(fn, event, int(every)))
+        self._hooks.append(make_hook(fn, every=every, event=event))
 
     def fire(self, event: Event, info: Any) -> None:
         for h in self._hooks:

@@ -26,7 +26,7 @@ from lwm.checkpoint import Checkpointer
 from lwm.io import write_text
 from lwm.training import callbacks
 from lwm.training.data_source import make_data_iterator
-from lwm.training.hooks import Event, Hooks, StageInfo, StepInfo
+from lwm.training.hooks import Event, Hooks, StageInfo, StepInfo, make_hook
 from lwm.training.run_spec import RunSpec, check_stage_shapes, parse_run
 from lwm.training.signals import StopRequest
 from lwm.training.sinks import MetricSink, make_sinks
@@ -84,16 +84,15 @@ class Trainer:
         self.max_steps = max_steps  # stop (with a checkpoint) after this global step; tests
         self.stage_starts = np.cumsum([0] + [s.steps for s in spec.stages]).tolist()
         self.hooks = Hooks()
-        self._user_hooks: list[tuple[Callable, int, Event]] = []
+        self._user_hooks: list = []  # validated when added, attached when the run starts
         self._stop_reason: str | None = None
         self._signals: StopRequest | None = None
 
-    def add_hook(self, fn: Callable[[Any], None], *, every: int = 1, event: Event = "step"):
+    def add_hook(self, fn: Callable[[Any], None], *, every: int = 1, event: Event = "step") -> None:
         """Calls `fn(StepInfo)` after every `every`-th step (and each stage's last), or
         `fn(StageInfo)` / `fn(TrainResult)` on "stage_start", "stage_end", "run_end"; after the
         trainer's own hooks, in the order added."""
-        Hooks().add(fn, every=every, event=event)  # validates now, not when the run starts
-        self._user_hooks.append((fn, every, event))
+        self._user_hooks.append(make_hook(fn, every=every, event=event))
 
     def request_stop(self, reason: str) -> None:
         """Ends the run after the current step's hooks (the caller saved what it needs)."""
@@ -123,8 +122,7 @@ class Trainer:
         ).attach(hooks)
         callbacks.LossCurve(self.workdir).attach(hooks)
         hooks.add(stage_log.end, event="stage_end")
-        for fn, every, event in self._user_hooks:
-            hooks.add(fn, every=every, event=event)
+        hooks.extend(self._user_hooks)
         return hooks
 
     # -- run -------------------------------------------------------------------------------
