@@ -81,15 +81,11 @@ def run_throughput(args: argparse.Namespace, backend: str) -> dict:
 
     from lwm.sharding import make_mesh
     from lwm.training import flops as flops_lib
+    from lwm.training.data_source import make_data_iterator
+    from lwm.training.run_spec import parse_run
+    from lwm.training.stages import stage_model_config, stage_optimizer, stage_step_fn
     from lwm.training.train_state import count_params, init_params, model_def, rng_data
     from lwm.training.train_step import batch_shardings, jit_train_step, state_shardings
-    from lwm.training.trainer import (
-        make_data_iterator,
-        parse_run,
-        stage_model_config,
-        stage_optimizer,
-        stage_step_fn,
-    )
 
     args.backend = backend
     spec = parse_run(bench_config(args))
@@ -178,7 +174,7 @@ def run_throughput(args: argparse.Namespace, backend: str) -> dict:
 
 def run_plan(args: argparse.Namespace) -> None:
     from lwm.training.plan import plan_stage
-    from lwm.training.trainer import parse_run
+    from lwm.training.run_spec import parse_run
 
     for t in args.plan_lengths:
         for backend in ("ring", "dense"):

@@ -114,7 +114,7 @@ def test_derived_head_dim_follows_width_and_heads():
 def test_staged_configs_fit_their_meshes_on_8_devices(path):
     """Every stage of a staged config (the demos) splits its batch and rows over its mesh on the
     8 devices the demos run on, so a bad stage fails here, not minutes into `make demo`."""
-    from lwm.training.trainer import parse_run
+    from lwm.training.run_spec import parse_run
 
     run = parse_run(load_config(str(path)), num_devices=8)
     assert len(run.stages) == max(1, len(load_config(str(path)).stages))

@@ -13,6 +13,7 @@ from lwm.models.config import ModelConfig
 from lwm.sharding import make_mesh
 from lwm.training.loss import loss_normalizer, split_loss_terms
 from lwm.training.optimizer import make_optimizer, weight_decay_mask
+from lwm.training.run_spec import parse_run
 from lwm.training.schedule import make_schedule
 from lwm.training.synthetic_data import synthetic_batch
 from lwm.training.train_state import model_def, rng_data
@@ -22,7 +23,6 @@ from lwm.training.train_step import (
     make_train_step,
     state_shardings,
 )
-from lwm.training.trainer import parse_run
 
 CFG = ModelConfig(
     vocab_size=64,
@@ -236,7 +236,7 @@ def test_stage_data_overrides_reach_that_stage_only(tmp_path):
     from lwm.data.synth import random_sentences, write_text_corpus
     from lwm.data.tokenizer import train_tokenizer
     from lwm.training.config import stage_section
-    from lwm.training.trainer import make_data_iterator
+    from lwm.training.data_source import make_data_iterator
 
     write_text_corpus(tmp_path / "c.txt", 2000)
     tok = train_tokenizer([tmp_path / "c.txt"], 400, tmp_path / "t.model")

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lwm.config import load_config
     from lwm.training.plan import format_plan, parse_bytes, plan_stage
-    from lwm.training.trainer import parse_run
+    from lwm.training.run_spec import parse_run
 
     budget = None if args.memory_per_device is None else parse_bytes(args.memory_per_device)
     # Shapes are checked per planned stage, after --seq-len / --batch-size are applied.

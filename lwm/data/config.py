@@ -52,6 +52,12 @@ class DataConfig:
     example's positions so they spread over up to `position_stretch` x seq_len; a stage then sees
     relative distances beyond its row length at the row length's cost. 1 = contiguous positions.
     The gap is a function of the iterator seed and the example, so resumed runs see the same."""
+    eval_fraction: float = 0.0
+    """Share of `path`'s records held out as the validation split (`train.eval_every`): a fixed
+    subset, the same in every run and stage, that training never reads. 0 = none."""
+    eval_path: str = ""
+    """A separate dataset (built by `lwm data build`) to evaluate on instead of `eval_fraction`;
+    training then reads all of `path`."""
 
     def __post_init__(self):
         if self.packing not in ("first_fit", "greedy", "pad"):
@@ -72,6 +78,10 @@ class DataConfig:
             raise ConfigError(f"data.min_example_len must be >= 0, got {self.min_example_len}")
         if not self.position_stretch >= 1.0:
             raise ConfigError(f"data.position_stretch must be >= 1, got {self.position_stretch}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.eval_fraction and self.eval_path:
+            raise ConfigError("set data.eval_fraction or data.eval_path, not both")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | DataConfig) -> DataConfig:

@@ -25,6 +25,7 @@ import numpy as np
 
 from lwm.data.config import DataConfig
 from lwm.data.packing import BATCH_KEYS, Packer, materialize_row
+from lwm.data.split import Subset, select_records
 from lwm.errors import LwmError
 
 STATE_VERSION = 1
@@ -309,13 +310,19 @@ def make_host_iterator(
     seed: int,
     shard_index: int = 0,
     shard_count: int = 1,
+    subset: Subset = "train",
 ) -> HostBatchIterator:
-    """Numpy batches of `batch_size` packed rows for data shard `shard_index` of `shard_count`."""
+    """Numpy batches of `batch_size` packed rows for data shard `shard_index` of `shard_count`,
+    of the training records or (`subset="eval"`) the validation split (see lwm.data.split)."""
     cfg = DataConfig.from_dict(data_cfg)
     if seq_len < 1 or batch_size < 1:
         raise LwmError(f"seq_len and batch size must be positive, got {seq_len}, {batch_size}")
-    check_vocab(cfg.path, cfg.text_vocab_size, cfg.vision_vocab_size)
-    source = open_source(cfg.path, cfg.split)
+    separate_eval = subset == "eval" and bool(cfg.eval_path)
+    path = cfg.eval_path if separate_eval else cfg.path
+    check_vocab(path, cfg.text_vocab_size, cfg.vision_vocab_size)
+    source = open_source(path, cfg.split)
+    if not separate_eval:  # with a separate eval dataset, training reads all of `path`
+        source = select_records(source, 0.0 if cfg.eval_path else cfg.eval_fraction, subset)
     stream = example_stream(
         source,
         seed=seed,
@@ -330,6 +337,8 @@ def make_host_iterator(
         "num_examples": len(source),
         "shuffle": cfg.shuffle,
     }
+    if cfg.eval_fraction and not separate_eval:  # a state is only valid for the same split
+        fingerprint["eval_fraction"] = cfg.eval_fraction
     ds: grain.IterDataset = PackedRows(stream, cfg, seq_len, fingerprint)
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
     return HostBatchIterator(ds, prefetch=cfg.prefetch)
@@ -406,8 +415,10 @@ def make_train_iterator(
     seed: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    subset: Subset = "train",
 ) -> GlobalBatchIterator:
-    """The trainer's iterator: global `[global_batch_size, seq_len]` jax Arrays per key.
+    """The trainer's iterator: global `[global_batch_size, seq_len]` jax Arrays per key
+    (`subset="eval"`: of the validation split).
 
     The data shard of this process is derived from the mesh (processes holding the same batch rows
     read the same data); `process_index` / `process_count` override it.
@@ -441,5 +452,6 @@ def make_train_iterator(
         seed=seed,
         shard_index=shard_index,
         shard_count=shard_count,
+        subset=subset,
     )
     return GlobalBatchIterator(host, sharding, shape, cols)

@@ -13,9 +13,7 @@ stage: with `long_examples="drop"` a stage never sees tasks longer than its rows
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +27,7 @@ from lwm.data.needles import (
 from lwm.data.synth import NOISE_SENTENCES, write_text_corpus
 from lwm.data.tokenizer import Tokenizer
 from lwm.errors import LwmError
+from lwm.io import write_jsonl
 
 
 def fields_spec(extra_queries: int) -> str:
@@ -201,11 +200,6 @@ def copy_records(
 
 def write_records(path: str | os.PathLike, records: Sequence[dict], *, seed: int = 0) -> int:
     """Writes the records shuffled (seeded) to a jsonl file atomically; returns the count."""
-    path = pathlib.Path(path)
     order = np.random.default_rng(seed).permutation(len(records))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i in order:
-            f.write(json.dumps(records[int(i)]) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, [records[int(i)] for i in order])
     return len(records)

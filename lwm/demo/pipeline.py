@@ -11,20 +11,15 @@ same command after an interruption continues where it stopped instead of startin
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import pathlib
-import shutil
 import sys
-import time
 from collections.abc import Callable
 
 import ml_collections
 
+from lwm.demo.phases import DemoPaths, Phases, stage_table, train_stages, write_summary_files
 from lwm.errors import LwmError
-
-STAGE_TIMES = "stage_times.json"
 
 
 def ensure_host_devices(n: int) -> None:
@@ -45,32 +40,8 @@ def ensure_host_devices(n: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
 
 
-@dataclasses.dataclass
-class DemoPaths:
-    root: pathlib.Path
-
-    @property
-    def data(self) -> pathlib.Path:
-        return self.root / "data"
-
-    @property
-    def train(self) -> pathlib.Path:
-        return self.root / "train"
-
-    @property
-    def results(self) -> pathlib.Path:
-        return self.root / "results"
-
-
 def _say(msg: str) -> None:
     print(f"lwm demo: {msg}", file=sys.stderr, flush=True)
-
-
-def write_json(path: pathlib.Path, data) -> None:
-    """Writes `data` as JSON atomically (a temporary file beside `path`, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib.Path:
@@ -128,42 +99,6 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
     return dataset
 
 
-def train_stages(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[str, float]:
-    """Runs (or resumes) the training stages; returns wall seconds per stage, accumulated over
-    runs in `results/stage_times.json`."""
-    from lwm.training.trainer import train
-
-    times_path = paths.results / STAGE_TIMES
-    times: dict[str, float] = json.loads(times_path.read_text()) if times_path.is_file() else {}
-    current = {"stage": None, "t0": 0.0}
-
-    def flush(now: float) -> None:
-        if current["stage"] is not None:
-            key = str(current["stage"])
-            times[key] = times.get(key, 0.0) + now - current["t0"]
-            current["t0"] = now
-            write_json(times_path, times)
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-        now = time.perf_counter()
-        if msg.startswith("lwm train: stage ") and "/" in msg.split()[3]:
-            flush(now)
-            current["stage"] = int(msg.split()[3].split("/")[0]) - 1
-            current["t0"] = now
-        elif " done at step " in msg:
-            flush(now)
-            current["stage"] = None
-
-    paths.results.mkdir(parents=True, exist_ok=True)
-    try:
-        train(config, paths.train, log=log)
-    finally:
-        flush(time.perf_counter())
-    shutil.copy(paths.data / "tokenizer.model", paths.train / "tokenizer.model")
-    return times
-
-
 def run_evals(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[str, dict]:
     """Single-needle grid up to 2x the last stage and a multi-needle check; resumable."""
     from lwm.data.tokenizer import Tokenizer
@@ -208,46 +143,16 @@ def run_evals(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[str, 
     return out
 
 
-def stage_table(
-    config: ml_collections.ConfigDict, paths: DemoPaths, stage_times: dict[str, float]
-) -> tuple[list[str], dict[int, float]]:
-    """Markdown rows (stage, seq_len, rope theta, steps, final loss, wall time) and the last
-    logged loss per stage, from the trainer's metrics.jsonl."""
-    from lwm.training.metrics import read_metrics
-
-    last_loss: dict[int, float] = {}
-    for r in read_metrics(paths.train / "metrics.jsonl"):
-        last_loss[int(r["stage"])] = float(r["loss"])
-    lines = [
-        "| stage | seq_len | rope theta | steps | final loss | wall time |",
-        "|---|---|---|---|---|---|",
-    ]
-    for i, st in enumerate(config.stages):
-        t = stage_times.get(str(i))
-        lines.append(
-            f"| {i + 1} | {st.seq_len} | {st.rope_theta:g} | {st.steps} | "
-            f"{last_loss.get(i, float('nan')):.3f} | {'-' if t is None else f'{t / 60:.1f} min'} |"
-        )
-    return lines, last_loss
-
-
 def write_summary(
     config: ml_collections.ConfigDict,
     paths: DemoPaths,
     stage_times: dict[str, float],
     evals: dict[str, dict],
-    phase_seconds: dict[str, float],
+    phases: Phases,
 ) -> str:
     """`results/summary.md` and `summary.json`; copies the loss curve and heatmaps beside them."""
     from lwm.evals.report import format_length
 
-    res = paths.results
-    if (paths.train / "loss_curve.png").is_file():
-        shutil.copy(paths.train / "loss_curve.png", res / "loss_curve.png")
-    for name in evals:
-        src = res / f"needle_{name}" / "heatmap.png"
-        if src.is_file():
-            shutil.copy(src, res / f"heatmap_{name}.png")
     table, last_loss = stage_table(config, paths, stage_times)
     lines = ["# lwm demo results", "", *table]
     for name, s in evals.items():
@@ -261,24 +166,16 @@ def write_summary(
         ]
         accs = [s["accuracy_per_length"][str(n)] for n in s["lengths"]]
         lines.append("| " + " | ".join(f"{100 * a:.0f}%" for a in accs) + " |")
-    phases = ", ".join(f"{k} {v / 60:.1f} min" for k, v in phase_seconds.items())
-    lines += [
-        "",
-        f"Wall time of this invocation: {phases} (a resumed run counts only its own work;"
-        " stage times above accumulate over runs).",
-    ]
-    text = "\n".join(lines) + "\n"
-    (res / "summary.md").write_text(text)
-    write_json(
-        res / "summary.json",
-        {
-            "stage_seconds": stage_times,
-            "phase_seconds": phase_seconds,
-            "evals": evals,
-            "final_loss_per_stage": last_loss,
-        },
-    )
-    return text
+    lines += ["", phases.summary_line()]
+    copies = [(paths.train / "loss_curve.png", "loss_curve.png")]
+    copies += [(paths.results / f"needle_{n}" / "heatmap.png", f"heatmap_{n}.png") for n in evals]
+    data = {
+        "stage_seconds": stage_times,
+        "phase_seconds": phases.seconds,
+        "evals": evals,
+        "final_loss_per_stage": last_loss,
+    }
+    return write_summary_files(paths, lines, data, copies)
 
 
 def run_demo(
@@ -288,18 +185,17 @@ def run_demo(
     log: Callable[[str], None] = _say,
 ) -> str:
     """The whole pipeline; returns the summary text."""
-    phases: dict[str, float] = {}
+    phases = Phases()
     paths = DemoPaths(pathlib.Path(workdir).expanduser().resolve())
     paths.root.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    dataset = prepare_data(config, paths)
-    with config.unlocked():
-        config.data.path = str(dataset)
-    phases["data"], t0 = time.perf_counter() - t0, time.perf_counter()
-    stage_times = train_stages(config, paths)
-    phases["training"], t0 = time.perf_counter() - t0, time.perf_counter()
-    evals = run_evals(config, paths)
-    phases["evals"] = time.perf_counter() - t0
+    with phases("data"):
+        dataset = prepare_data(config, paths)
+        with config.unlocked():
+            config.data.path = str(dataset)
+    with phases("training"):
+        stage_times = train_stages(config, paths)
+    with phases("evals"):
+        evals = run_evals(config, paths)
     text = write_summary(config, paths, stage_times, evals, phases)
     log(f"results in {paths.results}")
     return text

@@ -26,14 +26,14 @@ import os
 import pathlib
 import shutil
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
 
-from lwm.demo.pipeline import DemoPaths, stage_table, train_stages, write_json
+from lwm.demo.phases import DemoPaths, Phases, stage_table, train_stages, write_summary_files
 from lwm.errors import LwmError
+from lwm.io import write_json
 
 VIDEO_FIELDS = "[head+vision+question],answer"
 """Field spec of the training records: template head, video and question are the (masked)
@@ -446,18 +446,13 @@ def write_video_summary(
     vqgan: dict,
     stage_times: dict[str, float],
     evals: dict,
-    phase_seconds: dict[str, float],
+    phases: Phases,
 ) -> str:
     """`results/summary.md` and `summary.json`; copies the loss curve and heatmap beside them."""
     from lwm.evals.needle_images import num_choices
     from lwm.video.config import VQGANConfig
 
     d = config.demo
-    res = paths.results
-    if (paths.train / "loss_curve.png").is_file():
-        shutil.copy(paths.train / "loss_curve.png", res / "loss_curve.png")
-    if (res / EVAL_DIR / "heatmap.png").is_file():
-        shutil.copy(res / EVAL_DIR / "heatmap.png", res / "heatmap.png")
     vcfg = VQGANConfig.from_dict(config.vqgan)
     chance = 1.0 / num_choices(d.needle)
     stats_path = paths.data / "tasks_stats.json"
@@ -498,28 +493,22 @@ def write_video_summary(
         + " | ".join(f"{100 * evals['accuracy_per_length'][str(n)]:.0f}%" for n in evals["lengths"])
         + " |",
     ]
-    phases = ", ".join(f"{k} {v / 60:.1f} min" for k, v in phase_seconds.items())
-    lines += [
-        "",
-        f"Wall time of this invocation: {phases} (a resumed run counts only its own work;"
-        " stage times above accumulate over runs).",
+    lines += ["", phases.summary_line()]
+    copies = [
+        (paths.train / "loss_curve.png", "loss_curve.png"),
+        (paths.results / EVAL_DIR / "heatmap.png", "heatmap.png"),
     ]
-    text = "\n".join(lines) + "\n"
-    (res / "summary.md").write_text(text)
-    write_json(
-        res / "summary.json",
-        {
-            "split": split,
-            "vqgan": vqgan,
-            "tasks": task_stats,
-            "stage_seconds": stage_times,
-            "phase_seconds": phase_seconds,
-            "final_loss_per_stage": last_loss,
-            "chance": chance,
-            "eval": evals,
-        },
-    )
-    return text
+    data = {
+        "split": split,
+        "vqgan": vqgan,
+        "tasks": task_stats,
+        "stage_seconds": stage_times,
+        "phase_seconds": phases.seconds,
+        "final_loss_per_stage": last_loss,
+        "chance": chance,
+        "eval": evals,
+    }
+    return write_summary_files(paths, lines, data, copies)
 
 
 def run_video_demo(
@@ -539,34 +528,26 @@ def run_video_demo(
     paths = VideoDemoPaths(pathlib.Path(workdir).expanduser().resolve())
     paths.data.mkdir(parents=True, exist_ok=True)
     d = config.demo
-    phases: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t0
-        now = time.perf_counter()
-        phases[name] = now - t0
-        t0 = now
-
-    split = split_clips(d, paths, int(config.vqgan.resolution))
-    lap("clips")
-    vqgan = train_demo_vqgan(config, paths)
-    lap("vqgan")
-    tok = train_demo_tokenizer(d, paths)
-    if tok.vocab_size > config.model.vocab_size:
-        raise LwmError(
-            f"tokenizer has {tok.vocab_size} pieces but model.vocab_size is "
-            f"{config.model.vocab_size}"
-        )
-    lap("tokenizer")
-    dataset = prepare_video_data(config, paths, tok)
-    with config.unlocked():
-        config.data.path = str(dataset)
-    lap("data")
-    stage_times = train_stages(config, paths)
-    lap("training")
-    evals = run_video_eval(config, paths, tok)
-    lap("eval")
+    phases = Phases()
+    with phases("clips"):
+        split = split_clips(d, paths, int(config.vqgan.resolution))
+    with phases("vqgan"):
+        vqgan = train_demo_vqgan(config, paths)
+    with phases("tokenizer"):
+        tok = train_demo_tokenizer(d, paths)
+        if tok.vocab_size > config.model.vocab_size:
+            raise LwmError(
+                f"tokenizer has {tok.vocab_size} pieces but model.vocab_size is "
+                f"{config.model.vocab_size}"
+            )
+    with phases("data"):
+        dataset = prepare_video_data(config, paths, tok)
+        with config.unlocked():
+            config.data.path = str(dataset)
+    with phases("training"):
+        stage_times = train_stages(config, paths)
+    with phases("eval"):
+        evals = run_video_eval(config, paths, tok)
     text = write_video_summary(
         config,
         paths,
@@ -574,7 +555,7 @@ def run_video_demo(
         vqgan=vqgan,
         stage_times=stage_times,
         evals=evals,
-        phase_seconds=phases,
+        phases=phases,
     )
     log(f"results in {paths.results}")
     return text

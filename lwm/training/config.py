@@ -70,6 +70,17 @@ class TrainConfig:
     """Peak FLOP/s of the whole mesh for MFU; 0 = measure once with a matmul benchmark."""
     progress_bar: bool = True
     """Show a tqdm progress bar on process 0."""
+    eval_every: int = 0
+    """Held-out loss (text / vision split, as the train loss) every this many steps and at each
+    stage's last step, logged as `eval_*` metrics; 0 = off. Needs `data.eval_fraction` or
+    `data.eval_path` (the synthetic source has its own held-out stream)."""
+    eval_batches: int = 4
+    """Batches (of the stage's batch shape) per evaluation: the same held-out batches each time."""
+    tensorboard: bool = False
+    """Also write metrics as TensorBoard event files under `<workdir>/tensorboard`."""
+    wandb_project: str = ""
+    """Also log metrics to this Weights & Biases project (needs `wandb`; `WANDB_MODE=offline`
+    keeps the run local); "" = off."""
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -79,6 +90,11 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.log_every < 1:
             raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
+        if self.eval_every < 0 or self.eval_batches < 1:
+            raise ConfigError(
+                f"train.eval_every must be >= 0 and train.eval_batches >= 1, got "
+                f"{self.eval_every}, {self.eval_batches}"
+            )
         if self.text_loss_weight < 0 or self.vision_loss_weight < 0:
             raise ConfigError("train.text_loss_weight / vision_loss_weight must be >= 0")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
+
+from lwm.io import savefig, write_jsonl
 
 
 class MetricsWriter:
@@ -24,11 +25,7 @@ class MetricsWriter:
     def truncate_after(self, step: int) -> None:
         """Keeps only records with `step <= step` (atomically rewritten)."""
         records = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        write_jsonl(self.path, records)
 
     def write(self, record: Mapping[str, Any]) -> None:
         clean = {k: _jsonable(v) for k, v in record.items()}
@@ -60,7 +57,8 @@ def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
 
 
 def plot_loss_curve(records: list[Mapping[str, Any]], path: str | pathlib.Path) -> pathlib.Path:
-    """Loss (and text/vision terms when present) against step, stage boundaries as lines."""
+    """Loss (and text/vision terms when present, and the held-out `eval_loss` as markers) against
+    step, stage boundaries as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,6 +71,9 @@ def plot_loss_curve(records: list[Mapping[str, Any]], path: str | pathlib.Path) 
         ys = [r.get(key) for r in records]
         if any(isinstance(y, (int, float)) and y > 0 for y in ys):
             ax.plot(steps, ys, style, label=key)
+    evals = [(r["step"], r["eval_loss"]) for r in records if _is_number(r.get("eval_loss"))]
+    if evals:
+        ax.plot(*zip(*evals), "o-", markersize=3, label="eval_loss")
     prev = None
     for r in records:
         if prev is not None and r.get("stage") != prev:
@@ -83,8 +84,10 @@ def plot_loss_curve(records: list[Mapping[str, Any]], path: str | pathlib.Path) 
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    savefig(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)

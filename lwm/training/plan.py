@@ -21,16 +21,11 @@ from lwm.errors import ConfigError
 from lwm.sharding import make_mesh
 from lwm.training import flops as flops_lib
 from lwm.training.config import ResolvedStage
+from lwm.training.run_spec import RunSpec, check_stage_shapes
+from lwm.training.stages import stage_model_config, stage_optimizer, stage_step_fn
 from lwm.training.synthetic_data import synthetic_batch
 from lwm.training.train_state import count_params, model_def
 from lwm.training.train_step import abstract_state, batch_shardings, jit_train_step
-from lwm.training.trainer import (
-    RunSpec,
-    check_stage_shapes,
-    stage_model_config,
-    stage_optimizer,
-    stage_step_fn,
-)
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _IUNITS = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}

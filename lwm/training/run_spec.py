@@ -1,0 +1,116 @@
+"""A run, parsed and validated before any device work: typed configs, resolved stages, and each
+stage's mesh sizes with its shapes checked against them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+
+from lwm.errors import ConfigError
+from lwm.models.config import ModelConfig
+from lwm.sharding.mesh import MESH_AXES, resolve_mesh_shape
+from lwm.training.config import ResolvedStage, TrainConfig, resolve_stages
+from lwm.training.sinks import check_sinks_available
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """Everything parsed and validated from a config, before any device work."""
+
+    config: ml_collections.ConfigDict
+    model: ModelConfig
+    train: TrainConfig
+    stages: list[ResolvedStage]
+    mesh_sizes: list[dict[str, int]]  # per stage
+    data: Mapping[str, Any]
+
+
+def _mesh_dict(config: ml_collections.ConfigDict) -> dict[str, int]:
+    mesh = config.get("mesh") or {}
+    mesh = mesh.to_dict() if hasattr(mesh, "to_dict") else dict(mesh)
+    return {a: int(mesh.get(a, 1)) for a in MESH_AXES} | {
+        k: int(v) for k, v in mesh.items() if k not in MESH_AXES
+    }
+
+
+def parse_run(
+    config: ml_collections.ConfigDict,
+    num_devices: int | None = None,
+    *,
+    check_shapes: bool = True,
+) -> RunSpec:
+    """Builds typed configs and checks shapes against meshes; raises one-line ConfigErrors.
+
+    `check_shapes=False` skips the per-stage length/batch divisibility checks (for callers that
+    change a stage's shape first and check it themselves, like `lwm plan --seq-len`)."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    if "model" not in config:
+        raise ConfigError("config has no `model` section")
+    model = ModelConfig.from_dict(config.model)
+    train = TrainConfig.from_dict(config.get("train"))
+    raw_stages = config.get("stages") or []
+    stages = resolve_stages(train, raw_stages, model.rope_theta, model.max_sequence_length)
+    base_mesh = _mesh_dict(config)
+    meshes = []
+    for st in stages:
+        sizes = dict(st.mesh) if st.mesh is not None else dict(base_mesh)
+        shape = dict(zip(MESH_AXES, resolve_mesh_shape(sizes, num_devices)))
+        meshes.append(shape)
+        if check_shapes:
+            check_stage_shapes(model, st, shape)
+    data = config.get("data") or {}
+    data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    if data.get("source", "synthetic") != "synthetic":
+        from lwm.data.config import DataConfig
+
+        DataConfig.from_dict(data)  # its one-line errors now, not when the stage starts
+    if train.eval_every:
+        check_eval_data(data)
+    check_sinks_available(train)
+    return RunSpec(config, model, train, stages, meshes, data)
+
+
+def check_eval_data(data: Mapping[str, Any]) -> None:
+    """`train.eval_every` needs held-out data: the synthetic source has its own held-out stream,
+    a dataset needs `data.eval_fraction` or `data.eval_path`."""
+    if data.get("source", "synthetic") == "synthetic":
+        return
+    if not data.get("eval_fraction") and not data.get("eval_path"):
+        raise ConfigError(
+            "train.eval_every > 0 needs a validation split: set data.eval_fraction (records held "
+            "out of data.path) or data.eval_path (a separate dataset)"
+        )
+
+
+def check_stage_shapes(model: ModelConfig, st: ResolvedStage, mesh: Mapping[str, int]) -> None:
+    """One-line ConfigErrors for a batch or length the stage's mesh and attention cannot split."""
+    where = f"stages[{st.index}]"
+    sp, batch_par = mesh["sp"], mesh["dp"] * mesh["fsdp"]
+    micro = st.batch_size // st.grad_accum
+    if micro % batch_par:
+        raise ConfigError(
+            f"{where}: batch size {st.batch_size} (per microbatch {micro}) not divisible by "
+            f"dp*fsdp = {batch_par}"
+        )
+    if st.seq_len % sp:
+        raise ConfigError(f"{where}: seq_len {st.seq_len} not divisible by sp = {sp}")
+    attn = model.attention
+    if attn.backend == "ring":
+        parts = sp * (2 if attn.layout == "zigzag" and sp > 1 else 1)
+        for name in ("query_chunk_size", "key_chunk_size"):
+            chunk = getattr(attn, name)
+            per_part = st.seq_len // parts if st.seq_len % parts == 0 else 0
+            if per_part == 0 or per_part % min(chunk, per_part):
+                raise ConfigError(
+                    f"{where}: seq_len {st.seq_len} not divisible by sp x {name} "
+                    f"({sp} x {chunk}, layout {attn.layout}); pick seq_len as a multiple"
+                )
+    elif attn.backend == "blockwise":
+        for name in ("query_chunk_size", "key_chunk_size"):
+            chunk = min(getattr(attn, name), st.seq_len)
+            if st.seq_len % chunk:
+                raise ConfigError(f"{where}: seq_len {st.seq_len} not divisible by {name} {chunk}")

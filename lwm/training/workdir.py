@@ -1,0 +1,63 @@
+"""The workdir guard: a run directory is resumed only if it holds this model's checkpoint, and a
+directory holding anything else is refused before the trainer writes to it."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from lwm.checkpoint import Checkpointer
+from lwm.errors import LwmError
+
+OWN_FILES = {
+    "config.json",
+    "metrics.jsonl",
+    "metrics.jsonl.tmp",  # left by versions that wrote metrics without lwm.io
+    "loss_curve.png",
+    "checkpoints",
+    "tensorboard",
+    "wandb",
+}
+"""What the trainer writes in a workdir; anything else there (and no checkpoint) is foreign."""
+
+
+def refuse_foreign(workdir: pathlib.Path) -> None:
+    """A workdir holding files that are not ours and no checkpoint is not touched."""
+    if not workdir.is_dir():
+        return
+    foreign = [p.name for p in workdir.iterdir() if p.name not in OWN_FILES and not _leftover(p)]
+    if foreign:
+        raise LwmError(
+            f"workdir {workdir} is not empty and holds no lwm checkpoint "
+            f"(found {sorted(foreign)[:3]}); use a new directory"
+        )
+
+
+def _leftover(p: pathlib.Path) -> bool:
+    """A temporary file of `lwm.io.atomic_path` that a killed process left behind."""
+    return p.name.startswith(".") and p.name.endswith(".tmp")
+
+
+def resume_metadata(
+    workdir: pathlib.Path, ckpt: Checkpointer, fingerprint: str, num_stages: int
+) -> dict[str, Any] | None:
+    """The latest checkpoint's metadata, or None for a fresh start; refuses a checkpoint of a
+    different model or of a stage the config does not have, and a foreign directory."""
+    step = ckpt.latest_step()
+    if step is None:
+        refuse_foreign(workdir)
+        return None
+    meta = ckpt.metadata(step)
+    if meta.get("param_fingerprint") != fingerprint:
+        saved = meta.get("model_config", {})
+        raise LwmError(
+            f"workdir {workdir} holds a checkpoint (step {step}) of a different model "
+            f"(hidden_size {saved.get('hidden_size')}, layers {saved.get('num_layers')}, "
+            f"vocab {saved.get('vocab_size')}); use a new workdir or the matching config"
+        )
+    if int(meta.get("stage", 0)) >= num_stages:
+        raise LwmError(
+            f"workdir {workdir}: checkpoint is in stage {meta.get('stage')} but the config "
+            f"has only {num_stages} stages"
+        )
+    return meta
