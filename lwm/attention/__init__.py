@@ -15,8 +15,8 @@ from typing import Any
 
 import jax
 
+from lwm.attention.config import AttentionConfig
 from lwm.attention.dense import attention_mask, dense_attention
-from lwm.models.config import AttentionConfig
 
 __all__ = ["AttentionOp", "attention_mask", "dense_attention", "make_attention"]
 

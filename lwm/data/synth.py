@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 
+from lwm.data.needle_text import DEFAULT_KEYS, needle_sentence
 from lwm.errors import LwmError
 
 # Plain, repetitive filler for haystacks: easy for a model to learn to skip over.
@@ -106,8 +107,6 @@ def noise_sentences(n: int, *, offset: int = 0) -> list[str]:
 def write_text_corpus(path: str | pathlib.Path, num_sentences: int, *, seed: int = 0) -> None:
     """A text file of random sentences, a few per line, plus the needle vocabulary (digits, keys)
     so a tokenizer trained on it covers the long-context tasks."""
-    from lwm.data.needles import DEFAULT_KEYS, needle_sentence
-
     rng = np.random.default_rng(seed + 1)
     sents = random_sentences(num_sentences, seed=seed)
     lines = [" ".join(sents[i : i + 4]) for i in range(0, len(sents), 4)]

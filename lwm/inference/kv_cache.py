@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
-from lwm.models.config import ModelConfig, to_dtype
+from lwm.dtypes import to_dtype
+from lwm.models.config import ModelConfig
 from lwm.sharding import logical_to_sharding
 
 LAYER_KV_NAMES = ("batch", "act_kv_heads", "length", "head_dim")

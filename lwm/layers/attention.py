@@ -12,9 +12,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lwm.attention import AttentionOp
+from lwm.dtypes import to_dtype
 from lwm.layers.params import normal_param
 from lwm.layers.rotary import apply_rope
-from lwm.models.config import ModelConfig, to_dtype
+from lwm.models.config import ModelConfig
 from lwm.sharding import with_logical_constraint
 
 

@@ -6,10 +6,11 @@ import jax
 from flax import nnx
 
 from lwm.attention import AttentionOp
+from lwm.dtypes import to_dtype
 from lwm.layers.attention import Attention
 from lwm.layers.mlp import SwiGLU
 from lwm.layers.norms import RMSNorm
-from lwm.models.config import ModelConfig, to_dtype
+from lwm.models.config import ModelConfig
 from lwm.sharding import with_logical_constraint
 
 REMAT_POLICIES = {

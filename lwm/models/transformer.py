@@ -16,11 +16,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lwm.attention import make_attention
+from lwm.dtypes import to_dtype
 from lwm.layers.embed import Embedder
 from lwm.layers.norms import RMSNorm
 from lwm.layers.params import normal_param
 from lwm.models.block import Block, block_fn
-from lwm.models.config import ModelConfig, to_dtype
+from lwm.models.config import ModelConfig
 from lwm.sharding import logical_to_sharding, with_logical_constraint
 
 Output = Literal["text", "vision", "both"]
