@@ -32,8 +32,10 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from lwm.attention import mesh_sp
 from lwm.attention.blockwise import (
     MaskSpec,
+    check_heads,
     chunk_q,
     chunk_rows,
     finalize,
@@ -161,14 +163,18 @@ def _local_attention(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, *, key_block, 
     return unchunk_q(o).astype(q_btnh.dtype)
 
 
-def _check(q_btnh, k_bksh, mesh) -> int:
-    n, kv_heads, s = q_btnh.shape[2], k_bksh.shape[1], k_bksh.shape[2]
-    if n % kv_heads:
-        raise ConfigError(f"num_kv_heads {kv_heads} does not divide num_heads {n}")
-    sp = mesh.shape.get(SP, 1) if mesh is not None else 1
-    if s % sp:
-        raise ConfigError(f"cache capacity {s} is not divisible by sp {sp}")
+def check_capacity(capacity: int, mesh: Any) -> int:
+    """`sp` of `mesh`; a one-line ConfigError when it does not divide the cache capacity (each
+    device holds `capacity / sp` slots)."""
+    sp = mesh_sp(mesh)
+    if capacity % sp:
+        raise ConfigError(f"cache capacity {capacity} is not divisible by sp {sp}")
     return sp
+
+
+def _check(q_btnh, k_bksh, mesh) -> int:
+    check_heads(q_btnh.shape[2], k_bksh.shape[1])
+    return check_capacity(k_bksh.shape[2], mesh)
 
 
 def _specs(q_btnh, k_bksh, mesh, sp):
@@ -270,13 +276,17 @@ def decode_attention(
     return o.reshape(b, t, n, h).astype(q_btnh.dtype)
 
 
-def check_cacheable(cfg: AttentionConfig) -> None:
-    """Rejects attention configs the cached path cannot reproduce exactly."""
+def check_cache(cfg: AttentionConfig, capacity: int | None, mesh: Any) -> None:
+    """The cache attention's rules, before any compute: the model's attention must be
+    token-causal (the cached path cannot reproduce block-causal masks), and a fixed capacity
+    must split over `sp`."""
     if cfg.causal_block_size:
         raise ConfigError(
             "KV-cache decoding needs token-causal attention; this model uses "
             f"causal_block_size={cfg.causal_block_size}"
         )
+    if capacity is not None:
+        check_capacity(capacity, mesh)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lwm.attention.cached import CacheSlots, check_cacheable
+from lwm.attention.cached import CacheSlots, check_cache
 from lwm.errors import LwmError
 from lwm.inference.kv_cache import KVCache, bucket, grow, init_cache, repeat_rows
 from lwm.inference.sampling import GREEDY, SamplingConfig, sample_logits
@@ -92,9 +92,9 @@ class Sampler:
         prefill_chunk: int | None = None,
         cache_block: int = 256,
     ):
-        check_cacheable(model.config.attention)
         self.config = model.config
         self.mesh = mesh if mesh is not None else model.mesh
+        check_cache(model.config.attention, max_cache_len, self.mesh)
         self.max_cache_len = max_cache_len
         self.prefill_chunk = int(prefill_chunk or 512)
         if self.prefill_chunk < 1 or cache_block < 1:
@@ -103,8 +103,6 @@ class Sampler:
             )
         self.cache_block = cache_block
         self.sp = self.mesh.shape.get("sp", 1) if self.mesh is not None else 1
-        if max_cache_len is not None and max_cache_len % self.sp:
-            raise LwmError(f"max_cache_len {max_cache_len} is not divisible by sp {self.sp}")
         self.graphdef, self.state = nnx.split(model)
         self.counts = {"prefill_tokens": 0, "prefill_calls": 0, "decode_steps": 0}
         """Work done so far (tests count prefills to check prefix reuse)."""
