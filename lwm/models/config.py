@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from lwm.attention.config import AttentionConfig
+from lwm.config import parse_section
 from lwm.dtypes import to_dtype
 from lwm.errors import ConfigError
 
@@ -87,18 +88,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
-        """Builds from a plain mapping or ConfigDict; unknown keys are an error."""
-        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-        attn = d.pop("attention", {}) or {}
-        attn = dict(attn.to_dict() if hasattr(attn, "to_dict") else attn)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
-        attn_known = {f.name for f in dataclasses.fields(AttentionConfig)}
-        if set(attn) - attn_known:
-            raise ConfigError(f"unknown attention config fields: {sorted(set(attn) - attn_known)}")
-        return cls(**d, attention=AttentionConfig(**attn))
+        """Builds from the `model` section (see `lwm.config.parse_section`)."""
+        return parse_section(cls, d, "model")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
