@@ -114,3 +114,29 @@ def test_sampler_refuses_what_the_cache_attention_cannot_run():
     block_causal = init_model(cfg.replace(attention={"causal_block_size": 4}))
     with pytest.raises(ConfigError, match="needs token-causal attention"):
         Sampler(block_causal)
+
+
+@pytest.mark.parametrize("seq_len, ok", [(24, False), (32, True), (6, True)])
+def test_ffn_chunk_rule_checked_like_the_model_applies_it(seq_len, ok):
+    """`ffn_chunk_size` tiles each sequence shard; the check and the traced model agree."""
+    from flax import nnx
+
+    from lwm.models.config import ModelConfig
+    from lwm.models.transformer import Transformer
+
+    cfg = ModelConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+        num_kv_heads=2, max_sequence_length=64, attention=AttentionConfig(ffn_chunk_size=8),
+    )  # fmt: skip
+    mesh = make_mesh({"sp": 2, "fsdp": 4})
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh))
+    tokens = jax.ShapeDtypeStruct((4, seq_len), jnp.int32)
+    message = f"sequence length {seq_len} not divisible by sp 2 x ffn_chunk_size 8"
+    if ok:
+        make_attention(cfg.attention).check(seq_len, mesh)
+        nnx.eval_shape(lambda m, t: m(t), model, tokens)
+        return
+    with pytest.raises(ConfigError, match=message):
+        make_attention(cfg.attention).check(seq_len, mesh)
+    with pytest.raises(ConfigError, match=message):
+        nnx.eval_shape(lambda m, t: m(t), model, tokens)

@@ -23,7 +23,14 @@ from lwm.attention.config import AttentionConfig
 from lwm.attention.dense import attention_mask, dense_attention
 from lwm.errors import ConfigError
 
-__all__ = ["AttentionOp", "attention_mask", "dense_attention", "make_attention", "mesh_sp"]
+__all__ = [
+    "AttentionOp",
+    "attention_mask",
+    "check_ffn_chunk",
+    "dense_attention",
+    "make_attention",
+    "mesh_sp",
+]
 
 
 def mesh_sp(mesh: Any) -> int:
@@ -32,6 +39,16 @@ def mesh_sp(mesh: Any) -> int:
         return 1
     shape = mesh if isinstance(mesh, Mapping) else mesh.shape
     return int(shape.get("sp", 1))
+
+
+def check_ffn_chunk(seq_len: int, sp: int, chunk: int) -> None:
+    """The blockwise feed-forward's rule (`ffn_chunk_size`, in AttentionConfig beside the other
+    block sizes): chunks tile each sequence shard, so a chunk shorter than the sequence must
+    divide `seq_len / sp`."""
+    if chunk and chunk < seq_len and seq_len % (sp * chunk):
+        raise ConfigError(
+            f"sequence length {seq_len} not divisible by sp {sp} x ffn_chunk_size {chunk}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +76,7 @@ class AttentionOp:
         sp = mesh_sp(self.mesh if mesh is None else mesh)
         if seq_len % sp:
             raise ConfigError(f"seq_len {seq_len} not divisible by sp = {sp}")
+        check_ffn_chunk(seq_len, sp, self.config.ffn_chunk_size)
 
     def to_layout(self, x: jax.Array, axis: int = 1) -> jax.Array:
         return x

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from lwm.attention import AttentionOp, mesh_sp
+from lwm.attention import AttentionOp, check_ffn_chunk, mesh_sp
 from lwm.attention.blockwise import (
     MaskSpec,
     backward_step,
@@ -341,6 +341,7 @@ class RingAttentionOp(AttentionOp):
         check_layout(cfg.layout)
         sp = mesh_sp(self.mesh if mesh is None else mesh)
         ring_chunks(seq_len, sp, cfg.layout, cfg.query_chunk_size, cfg.key_chunk_size)
+        check_ffn_chunk(seq_len, sp, cfg.ffn_chunk_size)
 
     def __call__(self, q_btnh, k_btkh, v_btkh, segment_ids_bt=None) -> jax.Array:
         cfg = self.config

@@ -224,8 +224,9 @@ def stage_table(
     ]
     for i, st in enumerate(config.stages):
         t = stage_times.get(str(i))
+        theta = st.rope_theta or config.model.rope_theta  # None (or legacy 0) = inherited
         lines.append(
-            f"| {i + 1} | {st.seq_len} | {st.rope_theta:g} | {st.steps} | "
+            f"| {i + 1} | {st.seq_len} | {theta:g} | {st.steps} | "
             f"{last_loss.get(i, float('nan')):.3f} | {'-' if t is None else f'{t / 60:.1f} min'} |"
         )
     return lines, last_loss
