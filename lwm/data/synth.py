@@ -10,6 +10,7 @@ import numpy as np
 
 from lwm.data.needle_text import DEFAULT_KEYS, needle_sentence
 from lwm.errors import LwmError
+from lwm.io import write_text
 
 # Plain, repetitive filler for haystacks: easy for a model to learn to skip over.
 NOISE_SENTENCES = (
@@ -115,7 +116,7 @@ def write_text_corpus(path: str | pathlib.Path, num_sentences: int, *, seed: int
             (i * 7919) % max(1, len(lines)), needle_sentence(key, f"{rng.integers(10**7):07d}")
         )
     lines.append(" ".join(NOISE_SENTENCES))
-    pathlib.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
