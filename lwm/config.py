@@ -5,19 +5,27 @@ A config file is a Python file under `configs/` defining `get_config()` that ret
 according to the type of the existing field (bool, int, float, str, tuple/list via
 `ast.literal_eval`, which only accepts literals). Unknown keys are an error, as in
 `ml_collections.config_flags`.
+
+`parse_section(cls, section, name)` turns a section into its typed config dataclass (the one parser
+of every `from_dict`): unknown keys and ill-typed values are one-line errors naming the field.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import pathlib
-from collections.abc import Sequence
-from typing import Any
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import ml_collections
 
 from lwm.errors import ConfigError
+
+T = TypeVar("T")
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -135,3 +143,111 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Loads a config file and applies overrides."""
     return apply_overrides(load_config_file(name_or_path), overrides)
+
+
+# ----------------------------------------------------------------------------- typed sections
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """`value` as the annotated type `tp` (a dataclass field's), or a one-line ConfigError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:  # Optional[X]: X's own (more specific) error
+            return _coerce(value, rest[0], where)
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where} {value!r}: expected one of {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else parse_section(tp, value, where)
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"{where}: expected a sequence ({_type_name(tp)}), got {value!r}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {value!r}")
+            return tuple(
+                _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value))
+            )
+        item = args[0] if args else Any
+        return origin(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if hasattr(value, "to_dict"):
+            value = value.to_dict()
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if type(value) is int and value in (0, 1):
+            return bool(value)  # older configs' 0 / 1 flags
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # e.g. steps=1e4
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _as_dict(mapping: Any, section: str) -> dict[str, Any]:
+    if mapping is None:
+        return {}
+    if hasattr(mapping, "to_dict"):
+        mapping = mapping.to_dict()
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{section}: expected a mapping of fields, got {mapping!r}")
+    return dict(mapping)
+
+
+def parse_fields(cls: type, mapping: Any, section: str) -> dict[str, Any]:
+    """The fields of dataclass `cls` present in `mapping`, coerced to their annotated types
+    (for partial overrides, e.g. a stage's `data`). Unknown keys: a one-line ConfigError naming
+    the section, the keys and the allowed fields."""
+    values = _as_dict(mapping, section)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown {section} fields: {unknown}; allowed: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    return {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+
+
+def parse_section(cls: type[T], mapping: Any, section: str) -> T:
+    """Builds the typed config dataclass `cls` from a config section (ConfigDict, dict or None;
+    an instance of `cls` is returned as is). Missing fields take their defaults; values are
+    checked and coerced against the field annotations (Optional, Literal, tuples, dicts, nested
+    config dataclasses); every error is one line naming `section.field`."""
+    if isinstance(mapping, cls):
+        return mapping
+    return cls(**parse_fields(cls, mapping, section))

@@ -81,7 +81,7 @@ def main() -> None:
         max_seconds=args.minutes * 60,
     )
     t_train = time.perf_counter() - t0
-    from lwm.video.vqgan import load_vqgan
+    from lwm.video.vqgan_checkpoint import load_vqgan
 
     model = load_vqgan(args.workdir, expect=vcfg.name)
     ev = evaluate(model, bank.eval)

@@ -24,7 +24,7 @@ def main() -> None:
     from jax.sharding import PartitionSpec as P
 
     from lwm.attention import dense_attention, make_attention
-    from lwm.models.config import AttentionConfig
+    from lwm.attention.config import AttentionConfig
     from lwm.sharding import make_mesh
 
     assert jax.process_count() == 2 and len(jax.devices()) == 2, jax.devices()

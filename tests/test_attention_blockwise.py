@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import pytest
 
 from lwm.attention import dense_attention, make_attention
+from lwm.attention.config import AttentionConfig
 from lwm.errors import ConfigError
-from lwm.models.config import AttentionConfig
 from tests.test_attention_ring import (
     TOL,
     dense_value_and_grads,

@@ -7,9 +7,9 @@ import pytest
 
 from lwm.attention import dense_attention, make_attention
 from lwm.attention.blockwise import FULL, PARTIAL, SKIP, MaskSpec, block_kinds
+from lwm.attention.config import AttentionConfig
 from lwm.attention.layout import natural_positions
 from lwm.errors import ConfigError
-from lwm.models.config import AttentionConfig
 from lwm.sharding import make_mesh
 
 B, T, H = 2, 64, 8

@@ -90,7 +90,8 @@ def test_training_prompt_matches_eval_prompt(demo_run):
     from lwm.demo.video_pipeline import eval_seeds, needle_spec, training_jobs
     from lwm.evals.needle import sample_seed
     from lwm.evals.video_needle import HaystackCodes, VideoNeedleEval
-    from lwm.video.vqgan import load_vqgan, make_encode_fn
+    from lwm.video.vqgan import make_encode_fn
+    from lwm.video.vqgan_checkpoint import load_vqgan
 
     wd, clip = demo_run
     config = load_config("demo_video_smoke", [f"demo.clips=('{clip}',)"])

@@ -45,3 +45,20 @@ def test_savefig_keeps_the_format_of_the_target(tmp_path):
 
 def test_str_keys_stringifies_nested_keys():
     assert io.str_keys({0: {1: "a"}, "b": 2}) == {"0": {"1": "a"}, "b": 2}
+
+
+def test_video_writer_is_atomic(tmp_path):
+    """A frame of the wrong shape mid-stream: no video and no temporary left; a good write is
+    a readable, shareable file."""
+    from lwm.errors import LwmError
+    from lwm.video.reader import read_frames
+    from lwm.video.writer import write_video
+
+    frames = [np.full((16, 16, 3), 10 * i, np.uint8) for i in range(4)]
+    with pytest.raises(LwmError, match="frame 2 is"):
+        write_video(tmp_path / "v.mp4", [*frames[:2], np.zeros((8, 8, 3), np.uint8)], fps=4)
+    assert list(tmp_path.iterdir()) == []
+    assert write_video(tmp_path / "v.mp4", frames, fps=4) == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+    assert stat.S_IMODE(os.stat(tmp_path / "v.mp4").st_mode) == 0o644
+    assert len(list(read_frames(tmp_path / "v.mp4"))) == 4

@@ -17,7 +17,8 @@ from lwm.video.tokenize import (
     tokenize_video,
     video_to_tokens,
 )
-from lwm.video.vqgan import load_vqgan, make_encode_fn
+from lwm.video.vqgan import make_encode_fn
+from lwm.video.vqgan_checkpoint import load_vqgan
 
 EOF_ID, EOV_ID = 8192, 8193
 

@@ -12,8 +12,8 @@ from lwm.config import load_config
 from lwm.errors import LwmError
 from lwm.video.config import VQGANConfig
 from lwm.video.quantizer import VectorQuantizer, perplexity
-from lwm.video.vqgan import VQGAN, load_vqgan, make_decode_fn, make_encode_fn
-from lwm.video.vqgan_checkpoint import state_tree, vqgan_metadata
+from lwm.video.vqgan import VQGAN, make_decode_fn, make_encode_fn
+from lwm.video.vqgan_checkpoint import load_vqgan, state_tree, vqgan_metadata
 
 TINY = tiny_vqgan_config()
 

@@ -13,8 +13,7 @@ from lwm.cli.main import main
 from lwm.errors import LwmError
 from lwm.sharding import make_mesh
 from lwm.video.frame_data import FrameBank, load_frame_bank
-from lwm.video.vqgan import load_vqgan
-from lwm.video.vqgan_checkpoint import state_tree
+from lwm.video.vqgan_checkpoint import load_vqgan, state_tree
 from lwm.video.vqgan_train import FrameDataConfig, VQGANTrainConfig, train_vqgan
 
 CFG = tiny_vqgan_config()

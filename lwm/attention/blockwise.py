@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,15 @@ def resolve_chunk(name: str, chunk: int, block: int, what: str) -> int:
     if block % c:
         raise ConfigError(f"{name} {chunk} does not divide {what} of {block} tokens")
     return c
+
+
+def blockwise_chunks(seq_len: int, query_chunk_size: int, key_chunk_size: int) -> tuple[int, int]:
+    """The (query, key) chunk sizes blockwise attention uses on a sequence of `seq_len`; the one
+    place its shape rule lives (the kernel and `BlockwiseAttentionOp.check` both call it)."""
+    return (
+        resolve_chunk("query_chunk_size", query_chunk_size, seq_len, "the sequence"),
+        resolve_chunk("key_chunk_size", key_chunk_size, seq_len, "the sequence"),
+    )
 
 
 # ----------------------------------------------------------------------------- chunked layouts
@@ -403,11 +413,12 @@ def blockwise_attention(
         )
     if segment_ids_bt is not None and segment_ids_bt.shape != (b, t):
         raise ConfigError(f"segment_ids shape {segment_ids_bt.shape} != (batch, length) {(b, t)}")
+    q_chunk, k_chunk = blockwise_chunks(t, query_chunk_size, key_chunk_size)
     spec = MaskSpec(
         causal=causal,
         causal_block_size=causal_block_size if causal else None,
-        q_chunk=resolve_chunk("query_chunk_size", query_chunk_size, t, "the sequence"),
-        k_chunk=resolve_chunk("key_chunk_size", key_chunk_size, t, "the sequence"),
+        q_chunk=q_chunk,
+        k_chunk=k_chunk,
     )
     if segment_ids_bt is not None:
         segment_ids_bt = segment_ids_bt.astype(jnp.int32)
@@ -417,6 +428,10 @@ def blockwise_attention(
 @dataclasses.dataclass(frozen=True)
 class BlockwiseAttentionOp(AttentionOp):
     """Single-device memory-efficient attention (natural layout)."""
+
+    def check(self, seq_len: int, mesh: Any = None) -> None:
+        super().check(seq_len, mesh)
+        blockwise_chunks(seq_len, self.config.query_chunk_size, self.config.key_chunk_size)
 
     def __call__(self, q_btnh, k_btkh, v_btkh, segment_ids_bt=None) -> jax.Array:
         return blockwise_attention(

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from lwm.attention import AttentionOp
+from lwm.attention import AttentionOp, check_ffn_chunk, mesh_sp
 from lwm.attention.blockwise import (
     MaskSpec,
     backward_step,
@@ -241,6 +241,34 @@ def _ring_attention(q, k, v, seg, plan: RingPlan):
 _ring_attention.defvjp(_ring_fwd, _ring_bwd)
 
 
+def ring_chunks(
+    seq_len: int, sp: int, layout: str, query_chunk_size: int, key_chunk_size: int
+) -> tuple[int, int]:
+    """The (query, key) chunk sizes ring attention uses on a sequence of `seq_len` over `sp`
+    devices; the one place its shape rules live (`make_plan` and `RingAttentionOp.check` call it).
+
+    The layout fixes the multiple of the length (sp; zigzag 2 x sp; striped sp x sp) and the
+    unit the chunks split: each device's block, or for zigzag each of its two half-blocks.
+    """
+    check_length(layout, seq_len, sp)
+    local = seq_len // sp
+    if layout == "zigzag" and sp > 1:
+        unit, what = local // 2, f"the zigzag half-block (sequence {seq_len} / (2 x sp {sp}))"
+    else:
+        unit, what = local, f"the per-device block (sequence {seq_len} / sp {sp})"
+    chunks = []
+    for name, chunk in (("query_chunk_size", query_chunk_size), ("key_chunk_size", key_chunk_size)):
+        try:
+            chunks.append(resolve_chunk(name, chunk, unit, what))
+        except ConfigError as e:
+            if chunk <= 0:
+                raise
+            raise ConfigError(
+                f"seq_len {seq_len} not divisible by sp x {name} for the {layout} layout: {e}"
+            ) from None
+    return chunks[0], chunks[1]
+
+
 def make_plan(
     q_shape, k_shape, *, causal, causal_block_size, query_chunk_size, key_chunk_size, layout, mesh
 ) -> RingPlan:
@@ -251,18 +279,13 @@ def make_plan(
     check_heads(n, kv_heads)
     if k_shape[1] != t:
         raise ConfigError(f"self-attention expects q and k of one length, got {t} and {k_shape[1]}")
-    sp = mesh.shape[SP] if mesh is not None and SP in mesh.shape else 1
-    check_length(layout, t, sp)
-    local = t // sp
-    if layout == "zigzag" and sp > 1:
-        unit, what = local // 2, f"the zigzag half-block (sequence {t} / (2 x sp {sp}))"
-    else:
-        unit, what = local, f"the per-device block (sequence {t} / sp {sp})"
+    sp = mesh_sp(mesh)
+    q_chunk, k_chunk = ring_chunks(t, sp, layout, query_chunk_size, key_chunk_size)
     mask = MaskSpec(
         causal=causal,
         causal_block_size=causal_block_size if causal else None,
-        q_chunk=resolve_chunk("query_chunk_size", query_chunk_size, unit, what),
-        k_chunk=resolve_chunk("key_chunk_size", key_chunk_size, unit, what),
+        q_chunk=q_chunk,
+        k_chunk=k_chunk,
     )
     batch_spec = heads_spec = kv_heads_spec = None
     if mesh is not None:
@@ -312,6 +335,13 @@ def ring_attention(
 @dataclasses.dataclass(frozen=True)
 class RingAttentionOp(AttentionOp):
     """Ring attention over mesh axis `sp`; inputs and outputs in `config.layout` order."""
+
+    def check(self, seq_len: int, mesh: Any = None) -> None:
+        cfg = self.config
+        check_layout(cfg.layout)
+        sp = mesh_sp(self.mesh if mesh is None else mesh)
+        ring_chunks(seq_len, sp, cfg.layout, cfg.query_chunk_size, cfg.key_chunk_size)
+        check_ffn_chunk(seq_len, sp, cfg.ffn_chunk_size)
 
     def __call__(self, q_btnh, k_btkh, v_btkh, segment_ids_bt=None) -> jax.Array:
         cfg = self.config

@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     from lwm.inference.video_qa import VideoQA, check_vision_model
     from lwm.models.io import read_model_config
-    from lwm.video.vqgan import load_vqgan
+    from lwm.video.vqgan_checkpoint import load_vqgan
 
     sampling = sampling_from_args(args)
     template = load_template(args)

@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     from lwm.inference.video_generation import VideoGenerationConfig, generate_video
     from lwm.inference.video_qa import check_vision_model
     from lwm.models.io import read_model_config
-    from lwm.video.vqgan import load_vqgan
+    from lwm.video.vqgan_checkpoint import load_vqgan
 
     out = pathlib.Path(args.out)
     if out.exists() and not args.overwrite:

@@ -46,7 +46,8 @@ def add_parser(subparsers) -> None:
 
 def _tokenize(args) -> int:
     from lwm.video.tokenize import load_captions_file, tokenize_files
-    from lwm.video.vqgan import load_vqgan, make_encode_fn
+    from lwm.video.vqgan import make_encode_fn
+    from lwm.video.vqgan_checkpoint import load_vqgan
 
     vqgan = load_vqgan(args.vqgan, expect=args.preset)
     captions = load_captions_file(args.captions) if args.captions else None
@@ -81,7 +82,7 @@ def _tokenize(args) -> int:
 
 def _reconstruct(args) -> int:
     from lwm.video.reconstruct import reconstruct_video
-    from lwm.video.vqgan import load_vqgan
+    from lwm.video.vqgan_checkpoint import load_vqgan
 
     vqgan = load_vqgan(args.vqgan, expect=args.preset)
     out = reconstruct_video(

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import ml_collections
 
+from lwm.config import parse_section
 from lwm.errors import ConfigError
 
 PackingMode = Literal["first_fit", "greedy", "pad"]
@@ -85,15 +86,8 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | DataConfig) -> DataConfig:
-        """From a ConfigDict / mapping (unknown keys are an error) or an existing DataConfig."""
-        if isinstance(d, DataConfig):
-            return d
-        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown data config fields: {sorted(unknown)}")
-        return cls(**d)
+        """From the `data` section or an existing DataConfig (see `lwm.config.parse_section`)."""
+        return parse_section(cls, d, "data")
 
     def replace(self, **kw: Any) -> DataConfig:
         return dataclasses.replace(self, **kw)

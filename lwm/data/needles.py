@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lwm.data.needle_text import DEFAULT_KEYS, needle_sentence
 from lwm.data.synth import (
     jsonl_sentences,
     noise_sentences,
@@ -25,45 +26,6 @@ from lwm.data.synth import (
 )
 from lwm.data.tokenizer import Tokenizer
 from lwm.errors import LwmError
-
-DEFAULT_KEYS = (
-    "Lisbon",
-    "Nairobi",
-    "Osaka",
-    "Quito",
-    "Tallinn",
-    "Hanoi",
-    "Perth",
-    "Bergen",
-    "Cusco",
-    "Dakar",
-    "Krakow",
-    "Lyon",
-    "Muscat",
-    "Porto",
-    "Seville",
-    "Tbilisi",
-    "Valparaiso",
-    "Zagreb",
-    "Accra",
-    "Bilbao",
-    "Cork",
-    "Dublin",
-    "Geneva",
-    "Havana",
-    "Izmir",
-    "Jaipur",
-    "Kyoto",
-    "Lima",
-    "Malaga",
-    "Nantes",
-    "Oslo",
-    "Pune",
-)
-
-
-def needle_sentence(key: str, value: str) -> str:
-    return f"The special magic {key} number is: {value}."
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,9 @@ import re
 
 import numpy as np
 
+from lwm.data.needle_text import DEFAULT_KEYS, needle_sentence
 from lwm.errors import LwmError
+from lwm.io import write_text
 
 # Plain, repetitive filler for haystacks: easy for a model to learn to skip over.
 NOISE_SENTENCES = (
@@ -106,8 +108,6 @@ def noise_sentences(n: int, *, offset: int = 0) -> list[str]:
 def write_text_corpus(path: str | pathlib.Path, num_sentences: int, *, seed: int = 0) -> None:
     """A text file of random sentences, a few per line, plus the needle vocabulary (digits, keys)
     so a tokenizer trained on it covers the long-context tasks."""
-    from lwm.data.needles import DEFAULT_KEYS, needle_sentence
-
     rng = np.random.default_rng(seed + 1)
     sents = random_sentences(num_sentences, seed=seed)
     lines = [" ".join(sents[i : i + 4]) for i in range(0, len(sents), 4)]
@@ -116,7 +116,7 @@ def write_text_corpus(path: str | pathlib.Path, num_sentences: int, *, seed: int
             (i * 7919) % max(1, len(lines)), needle_sentence(key, f"{rng.integers(10**7):07d}")
         )
     lines.append(" ".join(NOISE_SENTENCES))
-    pathlib.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

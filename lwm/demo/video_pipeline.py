@@ -346,7 +346,8 @@ def prepare_video_data(
     from lwm.demo.data import write_records
     from lwm.evals.video_needle import HaystackCodes, VideoNeedleEval
     from lwm.video.config import VQGANConfig
-    from lwm.video.vqgan import load_vqgan, make_encode_fn
+    from lwm.video.vqgan import make_encode_fn
+    from lwm.video.vqgan_checkpoint import load_vqgan
 
     d = config.demo
     tasks = paths.data / "tasks.jsonl"

@@ -485,7 +485,8 @@ def evaluate_video_needles(
     from lwm.evals.run import lazy_answerer
     from lwm.inference.video_qa import check_vision_model
     from lwm.models.io import read_model_config
-    from lwm.video.vqgan import load_vqgan, make_encode_fn
+    from lwm.video.vqgan import make_encode_fn
+    from lwm.video.vqgan_checkpoint import load_vqgan
 
     cfg = read_model_config(existing_checkpoint(checkpoint))
     check_vision_model(cfg, 0, where=str(checkpoint))

@@ -14,7 +14,7 @@ one slot per layer in place and hands each layer's buffer straight to the attent
 layer out of a stacked buffer is a slice, which XLA materialises as a copy of the whole layer
 cache whenever its consumer is a library matmul (XLA:CPU) — every token then moved the whole
 cache twice more than needed. Head-major so that decode attention is a matrix-vector product per
-(row, kv head) over contiguous `[S, H]` blocks (see `lwm.inference.cached_attention`).
+(row, kv head) over contiguous `[S, H]` blocks (see `lwm.attention.cached`).
 
 Slots are shared by all rows: every row writes its token t at the same slot, and rows of
 different lengths are aligned by left padding (pad slots stay invalid and are never attended).
@@ -26,12 +26,15 @@ decode step compiles once per capacity bucket.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
-from lwm.models.config import ModelConfig, to_dtype
+from lwm.attention.cached import CacheSlots, LayerCache
+from lwm.dtypes import to_dtype
+from lwm.models.config import ModelConfig
 from lwm.sharding import logical_to_sharding
 
 LAYER_KV_NAMES = ("batch", "act_kv_heads", "length", "head_dim")
@@ -65,6 +68,24 @@ class KVCache:
     @property
     def capacity(self) -> int:
         return self.ks[0].shape[2]
+
+    def layers(self, slots: CacheSlots) -> tuple[LayerCache, ...]:
+        """The per-layer caches the model takes, for a chunk written at `slots`."""
+        return tuple(LayerCache(k, v, slots) for k, v in zip(self.ks, self.vs, strict=True))
+
+    def advance(
+        self, layers: Sequence[LayerCache], slots: CacheSlots, positions_bt: jax.Array
+    ) -> KVCache:
+        """The cache after the model wrote a chunk: its layers, valid slots and each row's next
+        RoPE position (unchanged for a row whose chunk was all padding)."""
+        last_real = slots.valid_bt[:, -1] > 0
+        next_pos = jnp.where(last_real, positions_bt[:, -1] + 1, self.next_pos)
+        return KVCache(
+            tuple(c.k_bksh for c in layers),
+            tuple(c.v_bksh for c in layers),
+            slots.valid_bs,
+            next_pos.astype(jnp.int32),
+        )
 
     @property
     def k(self) -> jax.Array:

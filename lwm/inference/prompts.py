@@ -22,6 +22,7 @@ import dataclasses
 import json
 import pathlib
 
+from lwm.config import parse_section
 from lwm.errors import LwmError
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -64,13 +65,7 @@ class PromptTemplate:
             raise LwmError(f"prompt template {path} is not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise LwmError(f"prompt template {path} must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LwmError(
-                f"prompt template {path}: unknown fields {unknown}; known: {sorted(known)}"
-            )
-        return cls(**data)
+        return parse_section(cls, data, f"prompt template {path}")
 
 
 DEFAULT_TEMPLATE = PromptTemplate()

@@ -26,8 +26,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from lwm.attention.cached import CacheSlots, check_cache
 from lwm.errors import LwmError
-from lwm.inference.cached_forward import check_supported, forward_chunk
 from lwm.inference.kv_cache import KVCache, bucket, grow, init_cache, repeat_rows
 from lwm.inference.sampling import GREEDY, SamplingConfig, sample_logits
 from lwm.models.transformer import Transformer
@@ -92,9 +92,9 @@ class Sampler:
         prefill_chunk: int | None = None,
         cache_block: int = 256,
     ):
-        check_supported(model)
         self.config = model.config
         self.mesh = mesh if mesh is not None else model.mesh
+        check_cache(model.config.attention, max_cache_len, self.mesh)
         self.max_cache_len = max_cache_len
         self.prefill_chunk = int(prefill_chunk or 512)
         if self.prefill_chunk < 1 or cache_block < 1:
@@ -103,8 +103,6 @@ class Sampler:
             )
         self.cache_block = cache_block
         self.sp = self.mesh.shape.get("sp", 1) if self.mesh is not None else 1
-        if max_cache_len is not None and max_cache_len % self.sp:
-            raise LwmError(f"max_cache_len {max_cache_len} is not divisible by sp {self.sp}")
         self.graphdef, self.state = nnx.split(model)
         self.counts = {"prefill_tokens": 0, "prefill_calls": 0, "decode_steps": 0}
         """Work done so far (tests count prefills to check prefix reuse)."""
@@ -114,23 +112,24 @@ class Sampler:
     def _model(self, state) -> Transformer:
         return nnx.merge(self.graphdef, state)
 
+    def _forward(self, state, cache: KVCache, tokens, positions, valid, vision, start):
+        """The model on `T` new tokens written at cache slots `[start, start + T)`: the updated
+        cache and the final-norm hidden state of the chunk's last slot `[B, D]` (left padding
+        aligns every row's newest token to that slot)."""
+        slots = CacheSlots.for_chunk(
+            cache.valid, valid, start, mesh=self.mesh, key_block=self.cache_block
+        )
+        hidden_btd, layers = self._model(state).hidden_states(
+            tokens,
+            positions_bt=positions,
+            vision_mask_bt=vision if self.config.has_vision else None,
+            cache=cache.layers(slots),
+        )
+        return cache.advance(layers, slots, positions), hidden_btd[:, -1]
+
     @functools.cached_property
     def _chunk_fn(self):
-        def run(state, cache, tokens, positions, valid, vision, start):
-            model = self._model(state)
-            return forward_chunk(
-                model,
-                cache,
-                tokens,
-                positions,
-                valid,
-                vision,
-                start,
-                mesh=self.mesh,
-                key_block=self.cache_block,
-            )
-
-        return jax.jit(run, donate_argnums=(1,))
+        return jax.jit(self._forward, donate_argnums=(1,))
 
     def _head(self, state, hidden_bd, key, forced_b, scale, mode: DecodeMode, sampling):
         model = self._model(state)
@@ -161,19 +160,10 @@ class Sampler:
             slot = first_slot + i - 1
             key = jax.random.fold_in(key, i)
             forced_b, scale = forced_sb[i], scales_s[i]
-            model = self._model(state)
             positions = cache.next_pos[:, None]
             valid = jnp.ones_like(token_b)[:, None]
-            cache, hidden = forward_chunk(
-                model,
-                cache,
-                token_b[:, None],
-                positions,
-                valid,
-                vision_b[:, None],
-                slot,
-                mesh=self.mesh,
-                key_block=self.cache_block,
+            cache, hidden = self._forward(
+                state, cache, token_b[:, None], positions, valid, vision_b[:, None], slot
             )
             logits, nxt = self._head(state, hidden, key, forced_b, scale, mode, sampling)
             return cache, logits, nxt

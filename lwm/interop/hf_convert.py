@@ -19,6 +19,7 @@ import numpy as np
 from lwm.errors import LwmError
 from lwm.interop.hf_config import model_config_from_hf, model_config_to_hf
 from lwm.interop.hf_weights import hf_tensor_names, params_from_hf, params_to_hf
+from lwm.io import write_json
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _NP_DTYPES = {"float32": np.float32, "bfloat16": None, "float16": np.float16}
@@ -158,7 +159,7 @@ def convert_to_hf(
     )
     out = pathlib.Path(out_dir).expanduser().resolve()
     with atomic_output_dir(out) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        write_json(tmp / "config.json", hf_config, indent=2)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     return out
 

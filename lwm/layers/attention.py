@@ -1,8 +1,9 @@
 """Multi-head / grouped-query self-attention layer: projections, RoPE, a pluggable backend.
 
 The layer owns the weights; the attention computation itself is an `AttentionOp` (dense,
-blockwise or ring, see `lwm.attention`). `project_qkv` and `project_out` are separate so the
-KV-cache sampler can run its own attention against a cache with the same weights.
+blockwise or ring, see `lwm.attention`). Given a `LayerCache` (KV-cache decoding), the same
+projections and RoPE feed `lwm.attention.cached.attend_cached` instead, which attends to the cache
+and writes the chunk's keys/values into it: one forward path for training and decoding.
 """
 
 from __future__ import annotations
@@ -12,16 +13,30 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lwm.attention import AttentionOp
+from lwm.attention.cached import LayerCache, attend_cached
 from lwm.layers.params import normal_param
 from lwm.layers.rotary import apply_rope
-from lwm.models.config import ModelConfig, to_dtype
 from lwm.sharding import with_logical_constraint
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, op: AttentionOp, *, rngs: nnx.Rngs, mesh=None):
-        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        pd, std = to_dtype(cfg.param_dtype), cfg.initializer_range
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        op: AttentionOp,
+        *,
+        rope_theta: float,
+        rngs: nnx.Rngs,
+        stddev: float,
+        param_dtype,
+        dtype,
+        mesh=None,
+    ):
+        d, n, k, h = hidden_size, num_heads, num_kv_heads, head_dim
+        pd, std = param_dtype, stddev
         self.wq = normal_param(
             rngs, (d, n, h), ("embed", "heads", "head_dim"), stddev=std, dtype=pd
         )
@@ -35,8 +50,8 @@ class Attention(nnx.Module):
             rngs, (n, h, d), ("heads", "head_dim", "embed"), stddev=std, dtype=pd
         )
         self.op = op
-        self.rope_theta = cfg.rope_theta
-        self.dtype = to_dtype(cfg.dtype)
+        self.rope_theta = rope_theta
+        self.dtype = dtype
         self.mesh = mesh
 
     def project_qkv(
@@ -69,7 +84,13 @@ class Attention(nnx.Module):
         x_btd: jax.Array,
         positions_bt: jax.Array,
         segment_ids_bt: jax.Array | None = None,
-    ) -> jax.Array:
+        *,
+        cache: LayerCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, LayerCache]:
+        """`[B, T, D]` -> `[B, T, D]`; with a `cache`, `(out, updated cache)` (segment ids are
+        then unused: the cache's valid slots mask padding)."""
         q_btnh, k_btkh, v_btkh = self.project_qkv(x_btd, positions_bt)
-        out_btnh = self.op(q_btnh, k_btkh, v_btkh, segment_ids_bt)
-        return self.project_out(out_btnh)
+        if cache is None:
+            return self.project_out(self.op(q_btnh, k_btkh, v_btkh, segment_ids_bt))
+        out_btnh, cache = attend_cached(q_btnh, k_btkh, v_btkh, cache)
+        return self.project_out(out_btnh), cache

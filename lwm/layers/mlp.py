@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lwm.attention import check_ffn_chunk
 from lwm.layers.params import normal_param
 from lwm.sharding import with_logical_constraint
 
@@ -58,8 +59,7 @@ class SwiGLU(nnx.Module):
         # Chunk inside each sequence shard ([B, sp, n, c, D], map over n) so every step of the
         # loop stays sharded over sp instead of walking the global sequence device by device.
         sp = self.mesh.shape.get("sp", 1) if self.mesh is not None else 1
-        if t % (sp * c):
-            raise ValueError(f"sequence length {t} not divisible by sp {sp} x ffn_chunk_size {c}")
+        check_ffn_chunk(t, sp, c)
         b, _, d = x_btd.shape
         n = t // (sp * c)
         x_nbscd = x_btd.reshape(b, sp, n, c, d).transpose(2, 0, 1, 3, 4)

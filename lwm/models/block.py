@@ -6,10 +6,12 @@ import jax
 from flax import nnx
 
 from lwm.attention import AttentionOp
+from lwm.attention.cached import LayerCache
+from lwm.dtypes import to_dtype
 from lwm.layers.attention import Attention
 from lwm.layers.mlp import SwiGLU
 from lwm.layers.norms import RMSNorm
-from lwm.models.config import ModelConfig, to_dtype
+from lwm.models.config import ModelConfig
 from lwm.sharding import with_logical_constraint
 
 REMAT_POLICIES = {
@@ -23,7 +25,19 @@ class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, op: AttentionOp, *, rngs: nnx.Rngs, mesh=None):
         pd, dt = to_dtype(cfg.param_dtype), to_dtype(cfg.dtype)
         self.attn_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pd, dtype=dt)
-        self.attn = Attention(cfg, op, rngs=rngs, mesh=mesh)
+        self.attn = Attention(
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            op,
+            rope_theta=cfg.rope_theta,
+            rngs=rngs,
+            stddev=cfg.initializer_range,
+            param_dtype=pd,
+            dtype=dt,
+            mesh=mesh,
+        )
         self.mlp_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pd, dtype=dt)
         self.mlp = SwiGLU(
             cfg.hidden_size,
@@ -38,13 +52,22 @@ class Block(nnx.Module):
         self.mesh = mesh
 
     def __call__(
-        self, x_btd: jax.Array, positions_bt: jax.Array, segment_ids_bt: jax.Array | None
-    ) -> jax.Array:
+        self,
+        x_btd: jax.Array,
+        positions_bt: jax.Array,
+        segment_ids_bt: jax.Array | None,
+        *,
+        cache: LayerCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, LayerCache]:
+        """`[B, T, D]` -> `[B, T, D]`; with a `cache` (KV-cache decoding), `(x, updated cache)`."""
         names = ("batch", "length", "act_embed")
-        x_btd = x_btd + self.attn(self.attn_norm(x_btd), positions_bt, segment_ids_bt)
-        x_btd = with_logical_constraint(x_btd, names, self.mesh)
+        h_btd = self.attn(self.attn_norm(x_btd), positions_bt, segment_ids_bt, cache=cache)
+        if cache is not None:
+            h_btd, cache = h_btd
+        x_btd = with_logical_constraint(x_btd + h_btd, names, self.mesh)
         x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
-        return with_logical_constraint(x_btd, names, self.mesh)
+        x_btd = with_logical_constraint(x_btd, names, self.mesh)
+        return x_btd if cache is None else (x_btd, cache)
 
 
 def apply_block(

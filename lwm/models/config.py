@@ -1,4 +1,4 @@
-"""Typed model and attention configs, built from the `model` section of an ml_collections config."""
+"""The typed model config, built from the `model` section of an ml_collections config."""
 
 from __future__ import annotations
 
@@ -6,39 +6,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import jax.numpy as jnp
-
+from lwm.attention.config import AttentionConfig
+from lwm.config import parse_section
+from lwm.dtypes import to_dtype
 from lwm.errors import ConfigError
 
-AttentionBackend = Literal["dense", "blockwise", "ring"]
-Layout = Literal["contiguous", "zigzag", "striped"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 OutputMode = Literal["text", "vision", "both"]
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def to_dtype(name: str):
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ConfigError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionConfig:
-    backend: AttentionBackend = "dense"
-    """Implementation: `dense` (reference), `blockwise` (flash-style), `ring` (over `sp`)."""
-    query_chunk_size: int = 512
-    """Query block length for blockwise/ring attention (per device for ring)."""
-    key_chunk_size: int = 512
-    """Key/value block length for blockwise/ring attention."""
-    causal_block_size: int | None = None
-    """Block-causal masking (LWM option): tokens see whole blocks of this size; None = causal."""
-    layout: Layout = "zigzag"
-    """Placement of sequence chunks over `sp` for ring attention; load-balanced by default."""
-    ffn_chunk_size: int = 0
-    """Blockwise feed-forward: chunk length over the sequence (0 = off)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,18 +88,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
-        """Builds from a plain mapping or ConfigDict; unknown keys are an error."""
-        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-        attn = d.pop("attention", {}) or {}
-        attn = dict(attn.to_dict() if hasattr(attn, "to_dict") else attn)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
-        attn_known = {f.name for f in dataclasses.fields(AttentionConfig)}
-        if set(attn) - attn_known:
-            raise ConfigError(f"unknown attention config fields: {sorted(set(attn) - attn_known)}")
-        return cls(**d, attention=AttentionConfig(**attn))
+        """Builds from the `model` section (see `lwm.config.parse_section`)."""
+        return parse_section(cls, d, "model")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -95,7 +95,8 @@ def model_preset(name: str) -> dict:
 
 def base_config(preset: str) -> ml_collections.ConfigDict:
     """A run config with the model preset and a default mesh (all devices on fsdp)."""
-    from lwm.models.config import AttentionConfig, ModelConfig
+    from lwm.attention.config import AttentionConfig
+    from lwm.models.config import ModelConfig
 
     spec = model_preset(preset)
     model = ModelConfig.from_dict(spec).to_dict()

@@ -8,6 +8,7 @@ states, so logits, losses and caches never see the permutation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
@@ -16,11 +17,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lwm.attention import make_attention
+from lwm.attention.cached import LayerCache
+from lwm.dtypes import to_dtype
 from lwm.layers.embed import Embedder
 from lwm.layers.norms import RMSNorm
 from lwm.layers.params import normal_param
 from lwm.models.block import Block, block_fn
-from lwm.models.config import ModelConfig, to_dtype
+from lwm.models.config import ModelConfig
 from lwm.sharding import logical_to_sharding, with_logical_constraint
 
 Output = Literal["text", "vision", "both"]
@@ -76,6 +79,18 @@ class Transformer(nnx.Module):
             else None
         )
 
+    def layer_blocks(self) -> list[Block]:
+        """The blocks one by one. A scanned model's stacked block is sliced per layer, so in
+        cached decoding every layer reads and writes its own cache buffer (a scan over layers
+        would carry a stacked cache and copy each layer out of it on every step)."""
+        if not self.config.scan_layers:
+            return list(self.blocks)
+        graphdef, stacked = nnx.split(self.blocks)
+        return [
+            nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], stacked))
+            for i in range(self.config.num_layers)
+        ]
+
     def hidden_states(
         self,
         tokens_bt: jax.Array,
@@ -83,20 +98,35 @@ class Transformer(nnx.Module):
         positions_bt: jax.Array | None = None,
         segment_ids_bt: jax.Array | None = None,
         vision_mask_bt: jax.Array | None = None,
-    ) -> jax.Array:
-        """Final-norm hidden states `[B, T, D]` in natural order."""
+        cache: Sequence[LayerCache] | None = None,
+    ) -> jax.Array | tuple[jax.Array, tuple[LayerCache, ...]]:
+        """Final-norm hidden states `[B, T, D]` in natural order.
+
+        With `cache` (one `LayerCache` per layer, KV-cache decoding) the tokens are a chunk
+        written at the cache's slots; returns `(hidden, updated caches)`. The cache attention
+        shards over the mesh itself, so no layout permutation is applied then.
+        """
         b, t = tokens_bt.shape
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         op = self.attention_op
-        tokens_bt = op.to_layout(tokens_bt)
-        positions_bt = op.to_layout(positions_bt)
-        if segment_ids_bt is not None:
-            segment_ids_bt = op.to_layout(segment_ids_bt)
-        if vision_mask_bt is not None:
-            vision_mask_bt = op.to_layout(vision_mask_bt)
+        if cache is None:
+            tokens_bt = op.to_layout(tokens_bt)
+            positions_bt = op.to_layout(positions_bt)
+            if segment_ids_bt is not None:
+                segment_ids_bt = op.to_layout(segment_ids_bt)
+            if vision_mask_bt is not None:
+                vision_mask_bt = op.to_layout(vision_mask_bt)
         x_btd = self.embed(tokens_bt, vision_mask_bt)
         x_btd = with_logical_constraint(x_btd, ("batch", "length", "act_embed"), self.mesh)
+        if cache is not None:
+            if len(cache) != self.config.num_layers:
+                raise ValueError(f"{len(cache)} layer caches for {self.config.num_layers} layers")
+            new_cache = []
+            for block, layer_cache in zip(self.layer_blocks(), cache, strict=True):
+                x_btd, layer_cache = block(x_btd, positions_bt, None, cache=layer_cache)
+                new_cache.append(layer_cache)
+            return self.final_norm(x_btd), tuple(new_cache)
         fn = block_fn(self.config.remat_policy)
         if self.config.scan_layers:
 
@@ -144,14 +174,20 @@ class Transformer(nnx.Module):
         segment_ids_bt: jax.Array | None = None,
         vision_mask_bt: jax.Array | None = None,
         output: Output = "text",
+        cache: Sequence[LayerCache] | None = None,
     ):
-        hidden_btd = self.hidden_states(
+        """Logits (`output` picks text, vision or both); with `cache`, `(logits, new cache)`."""
+        hidden = self.hidden_states(
             tokens_bt,
             positions_bt=positions_bt,
             segment_ids_bt=segment_ids_bt,
             vision_mask_bt=vision_mask_bt,
+            cache=cache,
         )
-        return self.logits(hidden_btd, output)
+        if cache is None:
+            return self.logits(hidden, output)
+        hidden_btd, cache = hidden
+        return self.logits(hidden_btd, output), cache
 
 
 def _logical_axes(variable: nnx.Variable) -> tuple | None:

@@ -1,8 +1,7 @@
 """Typed training configs: `TrainConfig` (the `train` section), `StageConfig` (`stages` items).
 
-A run is a list of stages walked in order (progressive context growth). Fields a stage leaves at
-its "inherit" value (0, 0.0, "" or None) come from `train` / `model`; `stages` empty means one stage
-built from `train` alone.
+A run is a list of stages walked in order (progressive context growth). Fields a stage leaves
+None come from `train` / `model`; `stages` empty means one stage built from `train` alone.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from lwm.config import parse_fields, parse_section
 from lwm.errors import ConfigError
 
 Schedule = Literal["warmup_cosine", "constant", "warmup_linear"]
@@ -100,40 +100,78 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> TrainConfig:
-        return _from_dict(cls, d, "train")
+        return parse_section(cls, d, "train")
+
+
+LEGACY_INHERIT = {
+    "seq_len": 0,
+    "steps": 0,
+    "batch_tokens": 0,
+    "rope_theta": 0.0,
+    "max_sequence_length": 0,
+    "lr": 0.0,
+    "schedule": "",
+    "warmup_steps": -1,
+    "grad_accum": 0,
+}
+"""How older configs spelled "inherit" per field; read as None (same behaviour)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
-    seq_len: int = 0
-    """Tokens per sequence in this stage (0 = train.seq_len)."""
-    steps: int = 0
-    """Optimizer steps in this stage (0 = train.steps)."""
-    batch_tokens: int = 0
-    """Global batch size in tokens (0 = train.batch_tokens); must be a multiple of seq_len."""
-    rope_theta: float = 0.0
-    """RoPE base frequency for this stage (0 = model.rope_theta). LWM: 1M, 10M, 10M, 25M, 50M."""
-    max_sequence_length: int = 0
-    """Model max_sequence_length for this stage (0 = max(model value, seq_len))."""
-    lr: float = 0.0
-    """Peak learning rate (0 = train.lr)."""
-    schedule: str = ""
-    """Learning-rate schedule ("" = train.schedule)."""
-    warmup_steps: int = -1
-    """Warmup steps (-1 = train.warmup_steps)."""
+    """One context stage. Every field is optional: None inherits from `train` / `model` (older
+    configs' 0, 0.0, "" and -1 spellings of inherit, see LEGACY_INHERIT, are read as None)."""
+
+    seq_len: int | None = None
+    """Tokens per sequence in this stage (None = train.seq_len)."""
+    steps: int | None = None
+    """Optimizer steps in this stage (None = train.steps)."""
+    batch_tokens: int | None = None
+    """Global batch size in tokens (None = train.batch_tokens); must be a multiple of seq_len."""
+    rope_theta: float | None = None
+    """RoPE base frequency for this stage (None = model.rope_theta). LWM: 1M, 10M, 10M, 25M,
+    50M."""
+    max_sequence_length: int | None = None
+    """Model max_sequence_length for this stage (None = max(model value, seq_len))."""
+    lr: float | None = None
+    """Peak learning rate (None = train.lr)."""
+    schedule: Schedule | None = None
+    """Learning-rate schedule (None = train.schedule)."""
+    warmup_steps: int | None = None
+    """Warmup steps (None = train.warmup_steps; 0 = no warmup)."""
     reset_optimizer: bool | None = None
     """Fresh optimizer state at the start of this stage (None = train.reset_optimizer)."""
     mesh: dict[str, int] | None = None
     """This stage's own mesh sizes (e.g. more `sp` for longer context); None = the run's mesh."""
-    grad_accum: int = 0
-    """Microbatches per step (0 = train.grad_accum)."""
+    grad_accum: int | None = None
+    """Microbatches per step (None = train.grad_accum)."""
     data: dict[str, Any] | None = None
     """Overrides of `config.data` fields for this stage only (e.g. `min_example_len` to read only
     long tasks, `position_stretch` for PoSE-style positions); None = the run's data section."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, index: int = 0) -> StageConfig:
-        return _from_dict(cls, d, f"stages[{index}]")
+        """Builds `stages[index]` (see `lwm.config.parse_section`); a legacy inherit value is
+        read as None, and a set value must be in range (one-line errors)."""
+        where = f"stages[{index}]"
+        raw = dict(d.to_dict() if hasattr(d, "to_dict") else (d or {}))
+        for name, legacy in LEGACY_INHERIT.items():
+            if name in raw and type(raw[name]) is not bool and raw[name] == legacy:
+                raw[name] = None
+        values = parse_fields(cls, raw, where)
+        for name in ("seq_len", "steps", "batch_tokens", "max_sequence_length", "grad_accum"):
+            if values.get(name) is not None and values[name] < 1:
+                raise ConfigError(f"{where}.{name} must be >= 1 (or None to inherit)")
+        for name in ("rope_theta", "lr"):
+            if values.get(name) is not None and not values[name] > 0:
+                raise ConfigError(f"{where}.{name} must be > 0 (or None to inherit)")
+        if values.get("warmup_steps") is not None and values["warmup_steps"] < 0:
+            raise ConfigError(f"{where}.warmup_steps must be >= 0 (or None to inherit)")
+        if values.get("data") is not None:
+            from lwm.data.config import DataConfig
+
+            values["data"] = parse_fields(DataConfig, values["data"], f"{where}.data")
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,25 +198,8 @@ class ResolvedStage:
         return self.batch_size * self.seq_len
 
 
-def _from_dict(cls, d, where: str):
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else (d or {}))
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise ConfigError(f"unknown {where} config fields: {sorted(unknown)}")
-    if "weight_decay_exclude" in d and d["weight_decay_exclude"] is not None:
-        d["weight_decay_exclude"] = tuple(d["weight_decay_exclude"])
-    if d.get("mesh") is not None:
-        d["mesh"] = {str(k): int(v) for k, v in dict(d["mesh"]).items()}
-    if d.get("data") is not None:
-        from lwm.data.config import DataConfig
-
-        data = dict(d["data"])
-        unknown = set(data) - {f.name for f in dataclasses.fields(DataConfig)}
-        if unknown:
-            raise ConfigError(f"unknown {where}.data fields: {sorted(unknown)}")
-        d["data"] = data
-    return cls(**d)
+def _pick(value: Any, inherited: Any) -> Any:
+    return inherited if value is None else value
 
 
 def resolve_stages(
@@ -191,35 +212,31 @@ def resolve_stages(
     raw = [StageConfig.from_dict(s, i) for i, s in enumerate(stages or [])] or [StageConfig()]
     out = []
     for i, s in enumerate(raw):
-        seq_len = s.seq_len or train.seq_len
-        batch_tokens = s.batch_tokens or train.batch_tokens
+        seq_len = _pick(s.seq_len, train.seq_len)
+        batch_tokens = _pick(s.batch_tokens, train.batch_tokens)
         if batch_tokens % seq_len:
             raise ConfigError(
                 f"stages[{i}]: batch_tokens {batch_tokens} is not a multiple of seq_len {seq_len}"
             )
-        schedule = s.schedule or train.schedule
+        schedule = _pick(s.schedule, train.schedule)
         if schedule not in SCHEDULES:
             raise ConfigError(f"stages[{i}].schedule {schedule!r}: expected one of {SCHEDULES}")
-        steps = s.steps or train.steps
-        if steps < 1:
-            raise ConfigError(f"stages[{i}].steps must be >= 1")
+        steps = _pick(s.steps, train.steps)
         out.append(
             ResolvedStage(
                 index=i,
                 seq_len=seq_len,
                 steps=steps,
                 batch_size=batch_tokens // seq_len,
-                rope_theta=s.rope_theta or model_rope_theta,
-                max_sequence_length=s.max_sequence_length or max(model_max_len, seq_len),
-                lr=s.lr or train.lr,
+                rope_theta=_pick(s.rope_theta, model_rope_theta),
+                max_sequence_length=_pick(s.max_sequence_length, max(model_max_len, seq_len)),
+                lr=_pick(s.lr, train.lr),
                 schedule=schedule,
-                warmup_steps=train.warmup_steps if s.warmup_steps < 0 else s.warmup_steps,
+                warmup_steps=_pick(s.warmup_steps, train.warmup_steps),
                 end_lr_ratio=train.end_lr_ratio,
-                reset_optimizer=train.reset_optimizer
-                if s.reset_optimizer is None
-                else bool(s.reset_optimizer),
+                reset_optimizer=_pick(s.reset_optimizer, train.reset_optimizer),
                 mesh=s.mesh,
-                grad_accum=s.grad_accum or train.grad_accum,
+                grad_accum=_pick(s.grad_accum, train.grad_accum),
                 data=s.data,
             )
         )

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from lwm.attention import make_attention
 from lwm.errors import ConfigError
 from lwm.models.config import ModelConfig
 from lwm.sharding.mesh import MESH_AXES, resolve_mesh_shape
@@ -89,28 +90,14 @@ def check_eval_data(data: Mapping[str, Any]) -> None:
 def check_stage_shapes(model: ModelConfig, st: ResolvedStage, mesh: Mapping[str, int]) -> None:
     """One-line ConfigErrors for a batch or length the stage's mesh and attention cannot split."""
     where = f"stages[{st.index}]"
-    sp, batch_par = mesh["sp"], mesh["dp"] * mesh["fsdp"]
+    batch_par = mesh["dp"] * mesh["fsdp"]
     micro = st.batch_size // st.grad_accum
     if micro % batch_par:
         raise ConfigError(
             f"{where}: batch size {st.batch_size} (per microbatch {micro}) not divisible by "
             f"dp*fsdp = {batch_par}"
         )
-    if st.seq_len % sp:
-        raise ConfigError(f"{where}: seq_len {st.seq_len} not divisible by sp = {sp}")
-    attn = model.attention
-    if attn.backend == "ring":
-        parts = sp * (2 if attn.layout == "zigzag" and sp > 1 else 1)
-        for name in ("query_chunk_size", "key_chunk_size"):
-            chunk = getattr(attn, name)
-            per_part = st.seq_len // parts if st.seq_len % parts == 0 else 0
-            if per_part == 0 or per_part % min(chunk, per_part):
-                raise ConfigError(
-                    f"{where}: seq_len {st.seq_len} not divisible by sp x {name} "
-                    f"({sp} x {chunk}, layout {attn.layout}); pick seq_len as a multiple"
-                )
-    elif attn.backend == "blockwise":
-        for name in ("query_chunk_size", "key_chunk_size"):
-            chunk = min(getattr(attn, name), st.seq_len)
-            if st.seq_len % chunk:
-                raise ConfigError(f"{where}: seq_len {st.seq_len} not divisible by {name} {chunk}")
+    try:  # the attention op owns the sequence rules (sp, layout multiple, chunk sizes)
+        make_attention(model.attention).check(st.seq_len, mesh)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from lwm.config import parse_section
 from lwm.errors import ConfigError
 
 
@@ -76,12 +77,8 @@ class VQGANConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VQGANConfig:
-        """Builds from a plain mapping or ConfigDict; unknown keys are an error."""
-        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown vqgan config fields: {sorted(unknown)}")
-        return cls(**d)
+        """Builds from the `vqgan` section (see `lwm.config.parse_section`)."""
+        return parse_section(cls, d, "vqgan")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -35,19 +35,16 @@ width changes. Decoder level l (l = L-1 first) runs its blocks then, for l > 0, 
 from __future__ import annotations
 
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lwm.dtypes import to_dtype
 from lwm.errors import LwmError
 from lwm.video.config import VQGANConfig
 from lwm.video.quantizer import VectorQuantizer
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
 
 # LeCun-normal without truncation: same scale as flax's default, far cheaper to initialise
 # (the truncated normal's erfinv dominated init time of the many small convs).
@@ -115,7 +112,7 @@ class UpLevel(nnx.Module):
 
 class Encoder(nnx.Module):
     def __init__(self, cfg: VQGANConfig, *, rngs: nnx.Rngs):
-        dt = _DTYPES[cfg.dtype]
+        dt = to_dtype(cfg.dtype)
         widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
         g = cfg.norm_groups
         self.conv_in = _conv(cfg.in_channels, widths[0], 3, rngs, dt)
@@ -142,7 +139,7 @@ class Encoder(nnx.Module):
 
 class Decoder(nnx.Module):
     def __init__(self, cfg: VQGANConfig, *, rngs: nnx.Rngs):
-        dt = _DTYPES[cfg.dtype]
+        dt = to_dtype(cfg.dtype)
         widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
         g = cfg.norm_groups
         top = widths[-1]
@@ -186,7 +183,7 @@ class VQGAN(nnx.Module):
 
     def __init__(self, cfg: VQGANConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        dt = _DTYPES[cfg.dtype]
+        dt = to_dtype(cfg.dtype)
         self.encoder = Encoder(cfg, rngs=rngs)
         self.quant_conv = _conv(cfg.embed_dim, cfg.embed_dim, 1, rngs, dt)
         self.quantizer = VectorQuantizer(
@@ -269,13 +266,6 @@ def numpy_init(module_fn, seed: int = 0):
 def init_vqgan(cfg: VQGANConfig, seed: int = 0) -> VQGAN:
     """A freshly initialised VQGAN (see `numpy_init`)."""
     return numpy_init(lambda: VQGAN(cfg, rngs=nnx.Rngs(0)), seed)
-
-
-def load_vqgan(checkpoint_dir: str | pathlib.Path, **kw) -> VQGAN:
-    """Loads a VQGAN saved by `lwm vqgan train` (see `lwm.video.vqgan_checkpoint.load_vqgan`)."""
-    from lwm.video.vqgan_checkpoint import load_vqgan as _load
-
-    return _load(checkpoint_dir, **kw)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from lwm.checkpoint import Checkpointer
+from lwm.config import parse_section
 from lwm.errors import ConfigError, LwmError
 from lwm.video.config import VQGANConfig
 from lwm.video.frame_data import FrameBank, load_frame_bank
@@ -44,14 +45,6 @@ from lwm.video.vqgan_losses import (
     psnr,
     reconstruction_loss,
 )
-
-
-def _from_dict(cls, d: Mapping[str, Any], section: str):
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ConfigError(f"unknown {section} config fields: {sorted(unknown)}")
-    return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +92,7 @@ class VQGANTrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VQGANTrainConfig:
-        return _from_dict(cls, d, "train")
+        return parse_section(cls, d, "train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +110,7 @@ class FrameDataConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FrameDataConfig:
-        cfg = _from_dict(cls, d, "data")
-        return dataclasses.replace(cfg, paths=tuple(cfg.paths))
+        return parse_section(cls, d, "data")
 
 
 def _schedule(cfg: VQGANTrainConfig):

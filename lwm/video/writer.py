@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 from collections.abc import Iterable
 from fractions import Fraction
@@ -11,6 +10,7 @@ import av
 import numpy as np
 
 from lwm.errors import LwmError
+from lwm.io import atomic_path
 
 
 def write_video(
@@ -33,39 +33,36 @@ def write_video(
     if not fps > 0:
         raise LwmError(f"fps must be > 0, got {fps}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     count = 0
     shape = None
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = None
-            for frame in frames:
-                frame = np.asarray(frame)
-                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                    raise LwmError(
-                        f"{path}: frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}"
-                    )
-                if shape is None:
-                    shape = frame.shape
-                    h, w = shape[0] + shape[0] % 2, shape[1] + shape[1] % 2
-                    rate = Fraction(fps).limit_denominator(1001)
-                    stream = container.add_stream("libx264", rate=rate)
-                    stream.width, stream.height = w, h
-                    stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": preset}
-                elif frame.shape != shape:
-                    raise LwmError(f"{path}: frame {count} is {frame.shape}, expected {shape}")
-                if shape[0] % 2 or shape[1] % 2:
-                    frame = np.pad(frame, ((0, shape[0] % 2), (0, shape[1] % 2), (0, 0)), "edge")
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-                count += 1
-            if stream is None:
-                raise LwmError(f"{path}: no frames to write")
-            for packet in stream.encode():
+    with (
+        atomic_path(path, suffix=path.suffix) as tmp,
+        av.open(str(tmp), mode="w", format="mp4") as container,
+    ):
+        stream = None
+        for frame in frames:
+            frame = np.asarray(frame)
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                raise LwmError(
+                    f"{path}: frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}"
+                )
+            if shape is None:
+                shape = frame.shape
+                h, w = shape[0] + shape[0] % 2, shape[1] + shape[1] % 2
+                rate = Fraction(fps).limit_denominator(1001)
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height = w, h
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": preset}
+            elif frame.shape != shape:
+                raise LwmError(f"{path}: frame {count} is {frame.shape}, expected {shape}")
+            if shape[0] % 2 or shape[1] % 2:
+                frame = np.pad(frame, ((0, shape[0] % 2), (0, shape[1] % 2), (0, 0)), "edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            count += 1
+        if stream is None:
+            raise LwmError(f"{path}: no frames to write")
+        for packet in stream.encode():
+            container.mux(packet)
     return count

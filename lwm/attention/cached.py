@@ -15,9 +15,16 @@ The cache is head-major, `[B, K, S, H]` per layer: both decode products are then
 products batched over (row, kv head) that stream the cache once, in place.
 
 Mask: query at slot i sees slot j iff j <= i and valid[b, j] (see `lwm.inference.kv_cache`).
+
+The model's own attention layer calls `attend_cached` when it is given a `LayerCache` (one layer's
+keys/values plus the `CacheSlots` of the chunk, shared by all layers), so training and cached
+decoding run the same blocks: only this kernel differs.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +32,10 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from lwm.attention import mesh_sp
 from lwm.attention.blockwise import (
     MaskSpec,
+    check_heads,
     chunk_q,
     chunk_rows,
     finalize,
@@ -34,6 +43,7 @@ from lwm.attention.blockwise import (
     init_state,
     unchunk_q,
 )
+from lwm.attention.config import AttentionConfig
 from lwm.errors import ConfigError
 from lwm.sharding import logical_to_spec
 
@@ -153,14 +163,18 @@ def _local_attention(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, *, key_block, 
     return unchunk_q(o).astype(q_btnh.dtype)
 
 
-def _check(q_btnh, k_bksh, mesh) -> int:
-    n, kv_heads, s = q_btnh.shape[2], k_bksh.shape[1], k_bksh.shape[2]
-    if n % kv_heads:
-        raise ConfigError(f"num_kv_heads {kv_heads} does not divide num_heads {n}")
-    sp = mesh.shape.get(SP, 1) if mesh is not None else 1
-    if s % sp:
-        raise ConfigError(f"cache capacity {s} is not divisible by sp {sp}")
+def check_capacity(capacity: int, mesh: Any) -> int:
+    """`sp` of `mesh`; a one-line ConfigError when it does not divide the cache capacity (each
+    device holds `capacity / sp` slots)."""
+    sp = mesh_sp(mesh)
+    if capacity % sp:
+        raise ConfigError(f"cache capacity {capacity} is not divisible by sp {sp}")
     return sp
+
+
+def _check(q_btnh, k_bksh, mesh) -> int:
+    check_heads(q_btnh.shape[2], k_bksh.shape[1])
+    return check_capacity(k_bksh.shape[2], mesh)
 
 
 def _specs(q_btnh, k_bksh, mesh, sp):
@@ -260,3 +274,114 @@ def decode_attention(
     o_n, lse_n = _dense_partial(_scaled_q(q_btnh, kv_heads), k_bkth, v_bkth, mask_btt)
     o = _combine(o_c, lse_c, o_n, lse_n)
     return o.reshape(b, t, n, h).astype(q_btnh.dtype)
+
+
+def check_cache(cfg: AttentionConfig, capacity: int | None, mesh: Any) -> None:
+    """The cache attention's rules, before any compute: the model's attention must be
+    token-causal (the cached path cannot reproduce block-causal masks), and a fixed capacity
+    must split over `sp`."""
+    if cfg.causal_block_size:
+        raise ConfigError(
+            "KV-cache decoding needs token-causal attention; this model uses "
+            f"causal_block_size={cfg.causal_block_size}"
+        )
+    if capacity is not None:
+        check_capacity(capacity, mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSlots:
+    """Where a chunk of `T` new tokens goes in a cache of `S` slots; shared by every layer."""
+
+    start: jax.Array
+    """First slot of the chunk (int32 scalar, traced: no recompile per position)."""
+    valid_bt: jax.Array
+    """`[B, T]` 1 for the chunk's real tokens, 0 for left padding."""
+    old_valid_bs: jax.Array
+    """`[B, S]` the cache's valid slots before the chunk."""
+    valid_bs: jax.Array
+    """`[B, S]` valid slots once the chunk is written."""
+    q_slots_t: jax.Array
+    """`[T]` the chunk's slots, `start + arange(T)`."""
+    mesh: Any = None
+    """The mesh the cache is sharded on (the model's)."""
+    key_block: int = 512
+    """Key block of the prefill kernel over the cache."""
+
+    @classmethod
+    def for_chunk(
+        cls,
+        old_valid_bs: jax.Array,
+        valid_bt: jax.Array,
+        start: jax.Array,
+        *,
+        mesh: Any = None,
+        key_block: int = 512,
+    ) -> CacheSlots:
+        t = valid_bt.shape[1]
+        valid_bs = lax.dynamic_update_slice(old_valid_bs, valid_bt.astype(jnp.int32), (0, start))
+        q_slots_t = start + jnp.arange(t, dtype=jnp.int32)
+        return cls(start, valid_bt, old_valid_bs, valid_bs, q_slots_t, mesh, key_block)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCache:
+    """One layer's keys and values `[B, K, S, H]` (head-major, RoPE applied) and the chunk's
+    slots. Passing one to the model's attention layer makes it attend to (and extend) the cache."""
+
+    k_bksh: jax.Array
+    v_bksh: jax.Array
+    slots: CacheSlots
+
+
+def _after(x_bkth: jax.Array, dep_btnh: jax.Array) -> jax.Array:
+    """`x` unchanged, but data-dependent on `dep` (`dep > inf` is false, NaN included, and XLA
+    does not fold it). Writing the new keys only after the attention output exists orders the
+    in-place cache update after every read of the old cache; without a data dependency XLA
+    cannot prove that order and copies each layer's cache instead."""
+    b, k, t, h = x_bkth.shape
+    dep = dep_btnh.reshape(b, t, k, -1, h)[:, :, :, 0].transpose(0, 2, 1, 3).astype(x_bkth.dtype)
+    return jnp.where(dep > jnp.inf, dep, x_bkth)
+
+
+def attend_cached(
+    q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, cache: LayerCache
+) -> tuple[jax.Array, LayerCache]:
+    """The chunk's queries against the layer cache plus the chunk's own keys; writes the chunk's
+    keys/values at slots `[start, start + T)` (in place when the caller donates the cache).
+
+    Decode-sized chunks attend to the cache as it was plus their own keys, and write afterwards,
+    so the update never forces a copy of the layer cache (see `decode_attention`). Prefill
+    chunks write first and run the blockwise kernel over the updated cache.
+    """
+    slots, k_bksh, v_bksh = cache.slots, cache.k_bksh, cache.v_bksh
+    k_new = k_btkh.transpose(0, 2, 1, 3).astype(k_bksh.dtype)  # head-major [B, K, T, H]
+    v_new = v_btkh.transpose(0, 2, 1, 3).astype(v_bksh.dtype)
+    at = (0, 0, slots.start, 0)
+    if q_btnh.shape[1] <= DENSE_MAX_QUERIES:
+        out_btnh = decode_attention(
+            q_btnh,
+            k_bksh,
+            v_bksh,
+            slots.old_valid_bs,
+            k_new,
+            v_new,
+            slots.valid_bt,
+            slots.q_slots_t,
+            mesh=slots.mesh,
+        )
+        k_bksh = lax.dynamic_update_slice(k_bksh, _after(k_new, out_btnh), at)
+        v_bksh = lax.dynamic_update_slice(v_bksh, _after(v_new, out_btnh), at)
+    else:
+        k_bksh = lax.dynamic_update_slice(k_bksh, k_new, at)
+        v_bksh = lax.dynamic_update_slice(v_bksh, v_new, at)
+        out_btnh = cached_attention(
+            q_btnh,
+            k_bksh,
+            v_bksh,
+            slots.valid_bs,
+            slots.q_slots_t,
+            mesh=slots.mesh,
+            key_block=slots.key_block,
+        )
+    return out_btnh, LayerCache(k_bksh, v_bksh, slots)

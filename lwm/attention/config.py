@@ -1,0 +1,25 @@
+"""The attention backend's typed config: which kernel, its block sizes and the ring layout."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+AttentionBackend = Literal["dense", "blockwise", "ring"]
+Layout = Literal["contiguous", "zigzag", "striped"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    backend: AttentionBackend = "dense"
+    """Implementation: `dense` (reference), `blockwise` (flash-style), `ring` (over `sp`)."""
+    query_chunk_size: int = 512
+    """Query block length for blockwise/ring attention (per device for ring)."""
+    key_chunk_size: int = 512
+    """Key/value block length for blockwise/ring attention."""
+    causal_block_size: int | None = None
+    """Block-causal masking (LWM option): tokens see whole blocks of this size; None = causal."""
+    layout: Layout = "zigzag"
+    """Placement of sequence chunks over `sp` for ring attention; load-balanced by default."""
+    ffn_chunk_size: int = 0
+    """Blockwise feed-forward: chunk length over the sequence (0 = off)."""
