@@ -8,7 +8,9 @@ tests do.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +37,28 @@ def resolve_kernel(kernel: str, backend: str | None = None) -> str:
     return "xla" if (backend or platform()) == "cpu" else "pallas"
 
 
+@dataclasses.dataclass(frozen=True)
+class PallasChoice:
+    """`attention.kernel` resolved to pallas, with the configured tile overrides (0 = default)."""
+
+    block_q: int = 0
+    block_k: int = 0
+    blocks: BlockSizes | None = None
+
+
+def choose_kernel(config: Any, mesh: Any = None) -> PallasChoice | None:
+    """The Pallas choice for an AttentionConfig, or None for the xla path."""
+    backend = None
+    if mesh is not None:
+        p = mesh.devices.flat[0].platform
+        backend = "gpu" if p in ("gpu", "cuda", "rocm") else ("tpu" if p == "tpu" else "cpu")
+    if resolve_kernel(getattr(config, "kernel", "auto"), backend) == "xla":
+        return None
+    return PallasChoice(
+        getattr(config, "kernel_block_q", 0) or 0, getattr(config, "kernel_block_k", 0) or 0
+    )
+
+
 def kernel_spec(
     *,
     causal: bool,
@@ -47,7 +71,7 @@ def kernel_spec(
     """The static kernel description: the backend's default tiles, overridden where given (>0)."""
     backend = platform()
     base = blocks or DEFAULT_BLOCKS[backend]
-    base = base.replace(block_q=block_q, block_k=block_k)
+    base = base.replace(block_q=block_q, block_k=block_k, block_q_bwd=block_q, block_k_bwd=block_k)
     return KernelSpec(
         causal=causal, scale=head_dim**-0.5, blocks=base, backend=backend, has_segments=has_segments
     )

@@ -12,6 +12,7 @@ from lwm.errors import ConfigError
 
 AttentionBackend = Literal["dense", "blockwise", "ring"]
 Layout = Literal["contiguous", "zigzag", "striped"]
+AttentionKernel = Literal["auto", "xla", "pallas"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 OutputMode = Literal["text", "vision", "both"]
 
@@ -39,6 +40,13 @@ class AttentionConfig:
     """Placement of sequence chunks over `sp` for ring attention; load-balanced by default."""
     ffn_chunk_size: int = 0
     """Blockwise feed-forward: chunk length over the sequence (0 = off)."""
+    kernel: AttentionKernel = "auto"
+    """Implementation of blockwise/ring attention: `xla` (einsum chunk loops), `pallas` (fused
+    kernels, lwm/attention/flash.py; interpreted on CPU), `auto` = pallas on GPU/TPU, xla on CPU."""
+    kernel_block_q: int = 0
+    """Pallas query tile (rows per program, forward and backward); 0 = the backend's default."""
+    kernel_block_k: int = 0
+    """Pallas key tile (rows per inner step, forward and backward); 0 = the backend's default."""
 
 
 @dataclasses.dataclass(frozen=True)
