@@ -166,18 +166,28 @@ def _needs_mask(qp, kp, qs, ks, spec: KernelSpec):
     return jnp.logical_not(full)
 
 
+def _mm(a, b, dims):
+    # fp32 inputs: full-precision passes (GPUs would otherwise round to TF32); bf16: one pass.
+    exact = a.dtype == jnp.float32 and b.dtype == jnp.float32
+    precision = lax.Precision.HIGHEST if exact else None
+    return lax.dot_general(
+        a, b, (dims, ((), ())), precision=precision, preferred_element_type=jnp.float32
+    )
+
+
 def _dot_nt(a, b):
     """a [m, h] x b [n, h] -> [m, n] fp32."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    return _mm(a, b, ((1,), (1,)))
 
 
 def _dot_tn(a, b):
     """a [m, n] x b [m, h] -> [n, h] fp32."""
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return _mm(a, b, ((0,), (0,)))
 
 
 def _dot(a, b):
-    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    """a [m, n] x b [n, h] -> [m, h] fp32."""
+    return _mm(a, b, ((1,), (0,)))
 
 
 def _read_bound(ref, backend):
