@@ -225,12 +225,11 @@ def run_attention(ph: Phase, dry: bool, lengths: list[int], peak: float | None) 
 
     b, n, kh, h = (1, 4, 2, 32) if dry else (1, 32, 8, 128)
     chunk = 64 if dry else 1024
-    impls = {
-        f"pallas[{name}]": (lambda blocks: lambda q, k, v: flash_attention(q, k, v, blocks=blocks))(
-            blocks
-        )
-        for name, blocks in tile_configs(dry).items()
-    }
+
+    def pallas(blocks):
+        return lambda q, k, v: flash_attention(q, k, v, blocks=blocks)
+
+    impls = {f"pallas[{name}]": pallas(blocks) for name, blocks in tile_configs(dry).items()}
     impls["xla-blockwise"] = lambda q, k, v: blockwise_attention(
         q, k, v, query_chunk_size=chunk, key_chunk_size=chunk
     )
@@ -259,13 +258,13 @@ def run_attention(ph: Phase, dry: bool, lengths: list[int], peak: float | None) 
                     ph.rec.emit({"phase": ph.name, **what, "skipped": f"estimated {est:.0f} s"})
                     continue
 
-            def one(f=f, t=t, name=name):
-                def fwd_bwd(q, k, v, do):
-                    out, vjp = jax.vjp(f, q, k, v)
-                    return vjp(do)
+            def one(f=f, t=t, name=name, xs=(q, k, v, do)):
+                def fwd_bwd(*args):  # (q, k, v, dout) -> (dq, dk, dv), forward included
+                    _, vjp = jax.vjp(f, *args[:3])
+                    return vjp(args[3])
 
-                fb = time_fn(jax.jit(fwd_bwd), (q, k, v, do), iters=5, budget_s=ph.left() / 2)
-                fw = time_fn(jax.jit(f), (q, k, v), iters=5, budget_s=ph.left() / 4)
+                fb = time_fn(jax.jit(fwd_bwd), xs, iters=5, budget_s=ph.left() / 2)
+                fw = time_fn(jax.jit(f), xs[:3], iters=5, budget_s=ph.left() / 4)
                 flops_fb = attention_flops(b, n, t, h, backward=True)
                 flops_f = attention_flops(b, n, t, h, backward=False)
                 res = {
@@ -294,7 +293,7 @@ def run_attention(ph: Phase, dry: bool, lengths: list[int], peak: float | None) 
                         "goal": ">= 0.8 at 32K and >= 40% of peak",
                     }
                 )
-        del q, k, v, do
+        q = k = v = do = None  # free this length's inputs before the next
         _free()
 
 
