@@ -156,13 +156,19 @@ def _tile_mask(qp, kp, qs, ks, spec: KernelSpec):
     return mask
 
 
-def _needs_mask(qp, kp, qs, ks, spec: KernelSpec):
+def _stats(pos, seg, spec: KernelSpec):
+    """(pos min, pos max, seg min, seg max) of one tile, for `_needs_mask`."""
+    if not spec.has_segments:
+        return pos.min(), pos.max(), 0, 0
+    return pos.min(), pos.max(), seg.min(), seg.max()
+
+
+def _needs_mask(q_stats, kv_stats, spec: KernelSpec):
     """Scalar: some entry of this (visible) tile may be masked."""
     if not (spec.causal or spec.has_segments):
         return jnp.bool_(False)
-    args = (qp.min(), qp.max(), kp.min(), kp.max())
-    segs = (qs.min(), qs.max(), ks.min(), ks.max()) if spec.has_segments else (0, 0, 0, 0)
-    _, full = _range_mask(*args, *segs, spec)
+    (qp_lo, qp_hi, qs_lo, qs_hi), (kp_lo, kp_hi, ks_lo, ks_hi) = q_stats, kv_stats
+    _, full = _range_mask(qp_lo, qp_hi, kp_lo, kp_hi, qs_lo, qs_hi, ks_lo, ks_hi, spec)
     return jnp.logical_not(full)
 
 
@@ -210,6 +216,7 @@ def _fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, *rest, spec
     bq = q.shape[0]
     qp = qp_ref[0, :]
     qs = qs_ref[0, :] if spec.has_segments else None
+    q_stats = _stats(qp, qs, spec)  # once per program, not per key tile
     scale = spec.scale * LOG2E  # scores in base 2: exp2 is the cheap instruction
 
     def visit(j, carry, masked):
@@ -230,7 +237,7 @@ def _fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, *rest, spec
         if not (spec.causal or spec.has_segments):
             return visit(j, carry, False)
         sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
-        need = _needs_mask(qp, kp_ref[0, sl], qs, _seg(ks_ref, sl, spec), spec)
+        need = _needs_mask(q_stats, _stats(kp_ref[0, sl], _seg(ks_ref, sl, spec), spec), spec)
         return lax.cond(need, lambda c: visit(j, c, True), lambda c: visit(j, c, False), carry)
 
     carry = (
@@ -263,6 +270,7 @@ def _dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_
     lse, delta = lse_ref[0, :], dl_ref[0, :]
     qp = qp_ref[0, :]
     qs = qs_ref[0, :] if spec.has_segments else None
+    q_stats = _stats(qp, qs, spec)
 
     def visit(j, dq, masked):
         sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
@@ -275,7 +283,7 @@ def _dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_
         if not (spec.causal or spec.has_segments):
             return visit(j, dq, False)
         sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
-        need = _needs_mask(qp, kp_ref[0, sl], qs, _seg(ks_ref, sl, spec), spec)
+        need = _needs_mask(q_stats, _stats(kp_ref[0, sl], _seg(ks_ref, sl, spec), spec), spec)
         return lax.cond(need, lambda d: visit(j, d, True), lambda d: visit(j, d, False), dq)
 
     lo, hi = _read_bound(lo_ref, spec.backend), _read_bound(hi_ref, spec.backend)
@@ -289,6 +297,7 @@ def _dkdv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, q
     k, v = k_ref[...], v_ref[...]
     kp = kp_ref[0, :]
     ks = ks_ref[0, :] if spec.has_segments else None
+    kv_stats = _stats(kp, ks, spec)
 
     def visit(g, i, carry, masked):
         dk, dv = carry
@@ -305,7 +314,7 @@ def _dkdv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, q
         if not (spec.causal or spec.has_segments):
             return visit(g, i, carry, False)
         sl = pl.ds(pl.multiple_of(i * bq, bq), bq)
-        need = _needs_mask(qp_ref[0, sl], kp, _seg(qs_ref, sl, spec), ks, spec)
+        need = _needs_mask(_stats(qp_ref[0, sl], _seg(qs_ref, sl, spec), spec), kv_stats, spec)
         return lax.cond(
             need, lambda c: visit(g, i, c, True), lambda c: visit(g, i, c, False), carry
         )
