@@ -41,7 +41,8 @@ PEAK_BF16_TFLOPS = {
     "TPU v5p": 459.0,
     "TPU v6": 918.0,
 }
-BUDGET_S = {"parity": 45.0, "attention": 200.0, "train": 100.0, "decode": 50.0}
+# Seconds per phase (compiles included); the wrapper caps the whole run at 470 s.
+BUDGET_S = {"parity": 40.0, "attention": 190.0, "train": 110.0, "decode": 70.0}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -167,10 +168,9 @@ def run_parity(ph: Phase, dry: bool) -> None:
                     return flash_attention(q, k, v, seg, causal=causal, causal_block_size=cbs)
 
                 def dense(q, k, v):
-                    with jax.default_matmul_precision("highest"):
-                        return dense_attention(
-                            q, k, v, segment_ids_bt=seg, causal=causal, causal_block_size=cbs
-                        )
+                    return dense_attention(
+                        q, k, v, segment_ids_bt=seg, causal=causal, causal_block_size=cbs
+                    )
 
                 def fwd_bwd(f, *xs):
                     out, vjp = jax.vjp(f, *xs)
@@ -178,7 +178,8 @@ def run_parity(ph: Phase, dry: bool) -> None:
 
                 got = jax.jit(lambda *xs: fwd_bwd(kernel, *xs))(q, k, v)
                 f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-                want = jax.jit(lambda *xs: fwd_bwd(dense, *xs))(*f32)
+                with jax.default_matmul_precision("highest"):  # no TF32 in the reference
+                    want = jax.jit(lambda *xs: fwd_bwd(dense, *xs))(*f32)
                 errs = [
                     float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).max())
                     for a, b in zip(got, want)

@@ -49,8 +49,9 @@ class PallasChoice:
 def choose_kernel(config: Any, mesh: Any = None) -> PallasChoice | None:
     """The Pallas choice for an AttentionConfig, or None for the xla path."""
     backend = None
-    if mesh is not None:
-        p = mesh.devices.flat[0].platform
+    devices = getattr(mesh, "devices", None)  # an AbstractMesh has none: jax's default backend
+    if devices is not None and getattr(devices, "size", 0):
+        p = devices.flat[0].platform
         backend = "gpu" if p in ("gpu", "cuda", "rocm") else ("tpu" if p == "tpu" else "cpu")
     if resolve_kernel(getattr(config, "kernel", "auto"), backend) == "xla":
         return None
