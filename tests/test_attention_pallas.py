@@ -83,8 +83,14 @@ def test_kernel_matches_dense_fp32(case):
 
 
 def test_kernel_bf16_within_tolerance_of_fp32_dense():
+    """bf16 kernel vs fp32 dense on the same bf16 inputs: within BF16_TOL, and no worse than 1.5x
+    the error of XLA's dense attention computed in bf16 (the rounding every bf16 path pays)."""
     q, k, v, w = make_inputs(4, 2, jnp.bfloat16)
     seg = packed_segments()
+
+    def dense(q, k, v):
+        return dense_attention(q, k, v, segment_ids_bt=seg, causal=True)
+
     got = value_and_grads(
         lambda q, k, v: flash_attention(q, k, v, seg, causal=True, block_q=16, block_k=16),
         q,
@@ -92,14 +98,13 @@ def test_kernel_bf16_within_tolerance_of_fp32_dense():
         v,
         w,
     )
-    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    want = value_and_grads(
-        lambda q, k, v: dense_attention(q, k, v, segment_ids_bt=seg, causal=True), *f32, w
-    )
+    want = value_and_grads(dense, *(x.astype(jnp.float32) for x in (q, k, v)), w)
     assert got[0].dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in got[1])
     out_err, grad_errs = max_errs(got, want)
-    assert out_err <= BF16_TOL["out"], out_err
-    assert max(grad_errs) <= BF16_TOL["grad"], grad_errs
+    base_out, base_grads = max_errs(value_and_grads(dense, q, k, v, w), want)
+    assert out_err <= min(BF16_TOL["out"], 1.5 * base_out), (out_err, base_out)
+    for name, e, base in zip("qkv", grad_errs, base_grads):
+        assert e <= min(BF16_TOL["grad"], 1.5 * base), f"d{name}: {e} vs dense bf16 {base}"
 
 
 # mesh, layout, causal_block_size, packed, (heads, kv_heads)
