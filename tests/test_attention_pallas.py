@@ -192,3 +192,18 @@ def test_kernels_lower_for_gpu_triton_and_tpu_mosaic(platform, backend):
 
 def test_fit_block():
     assert fit_block(128, 1024) == 128 and fit_block(128, 96) == 32 and fit_block(64, 48) == 16
+
+
+def test_untileable_lengths_fall_back_for_auto_and_fail_for_forced_pallas(monkeypatch):
+    import lwm.attention.flash_ops as ops
+
+    monkeypatch.setattr(ops, "platform", lambda: "gpu")
+    auto, forced = ops.PallasChoice(), ops.PallasChoice(forced=True)
+    assert ops.usable_kernel(auto, 1024, 1024, 128) is auto
+    assert ops.usable_kernel(auto, 1000, 1000, 128) is None  # 8-row tiles: Triton's dot needs 16
+    with pytest.raises(ConfigError, match="1000 tokens tiles into 8-row tiles"):
+        ops.usable_kernel(forced, 1000, 1000, 128)
+    monkeypatch.setattr(ops, "platform", lambda: "tpu")
+    assert ops.usable_kernel(auto, 1024, 1024, 128) is auto
+    assert ops.usable_kernel(auto, 64, 64, 128) is auto  # one tile spanning the whole axis
+    assert ops.usable_kernel(auto, 1088, 1088, 128) is None  # 64-row tiles: not 128-lane

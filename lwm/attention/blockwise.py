@@ -27,7 +27,7 @@ from jax import lax
 
 from lwm.attention import AttentionOp
 from lwm.attention.dense import attention_mask
-from lwm.attention.flash_ops import choose_kernel
+from lwm.attention.flash_ops import choose_kernel, usable_kernel
 from lwm.errors import ConfigError
 
 SKIP, FULL, PARTIAL = 0, 1, 2
@@ -416,6 +416,7 @@ def blockwise_attention(
     )
     if segment_ids_bt is not None:
         segment_ids_bt = segment_ids_bt.astype(jnp.int32)
+    kernel = usable_kernel(kernel, t, t, q_btnh.shape[3])
     if kernel is not None:  # the one dispatch point to the Pallas kernels
         from lwm.attention.flash_ops import flash_attention
 

@@ -19,6 +19,7 @@ from lwm.attention.flash import (
     DEFAULT_BLOCKS,
     BlockSizes,
     KernelSpec,
+    fit_block,
     flash_backward,
     flash_forward,
     platform,
@@ -44,6 +45,48 @@ class PallasChoice:
     block_q: int = 0
     block_k: int = 0
     blocks: BlockSizes | None = None
+    forced: bool = False
+    """`kernel = pallas` (an error when the kernels cannot tile a shape) rather than `auto`."""
+
+
+# Smallest tile the backend's matrix units take (Triton's dot needs 16; Mosaic wants 128-lane
+# rows unless the tile is the whole axis).
+_MIN_TILE = {"gpu": 16, "tpu": 128, "cpu": 1}
+
+
+def usable_kernel(
+    choice: PallasChoice | None, q_len: int, kv_len: int, head_dim: int
+) -> PallasChoice | None:
+    """`choice` if the kernels can tile these lengths on this backend, else None (the xla path)
+    for `auto`; a forced `pallas` raises a ConfigError naming the numbers."""
+    if choice is None:
+        return None
+    backend = platform()
+    b = (choice.blocks or DEFAULT_BLOCKS[backend]).replace(
+        block_q=choice.block_q,
+        block_k=choice.block_k,
+        block_q_bwd=choice.block_q,
+        block_k_bwd=choice.block_k,
+    )
+    lo = _MIN_TILE[backend]
+    pairs = [
+        (b.block_q, q_len),
+        (b.block_k, kv_len),
+        (b.block_q_bwd, q_len),
+        (b.block_k_bwd, kv_len),
+    ]
+    for block, length in pairs:
+        tile = fit_block(block, length)
+        ok = tile >= lo if backend == "gpu" else (tile % lo == 0 or tile == length)
+        if not ok or (backend == "gpu" and head_dim < 16):
+            if not choice.forced:
+                return None
+            raise ConfigError(
+                f"attention.kernel=pallas on {backend}: a sequence (block) of {length} tokens "
+                f"tiles into {tile}-row tiles (head_dim {head_dim}); the kernels need tiles of "
+                f">= {lo} rows: use lengths with a larger power-of-two factor or kernel=xla"
+            )
+    return choice
 
 
 def choose_kernel(config: Any, mesh: Any = None) -> PallasChoice | None:
@@ -56,7 +99,9 @@ def choose_kernel(config: Any, mesh: Any = None) -> PallasChoice | None:
     if resolve_kernel(getattr(config, "kernel", "auto"), backend) == "xla":
         return None
     return PallasChoice(
-        getattr(config, "kernel_block_q", 0) or 0, getattr(config, "kernel_block_k", 0) or 0
+        getattr(config, "kernel_block_q", 0) or 0,
+        getattr(config, "kernel_block_k", 0) or 0,
+        forced=getattr(config, "kernel", "auto") == "pallas",
     )
 
 

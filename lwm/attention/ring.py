@@ -46,7 +46,7 @@ from lwm.attention.blockwise import (
     unchunk_q,
     unchunk_stats,
 )
-from lwm.attention.flash_ops import choose_kernel
+from lwm.attention.flash_ops import choose_kernel, usable_kernel
 from lwm.attention.layout import SP, check_layout, check_length, natural_positions
 from lwm.attention.layout import from_layout as _from_layout
 from lwm.attention.layout import to_layout as _to_layout
@@ -285,6 +285,7 @@ def make_plan(
         q_chunk=resolve_chunk("query_chunk_size", query_chunk_size, unit, what),
         k_chunk=resolve_chunk("key_chunk_size", key_chunk_size, unit, what),
     )
+    kernel = usable_kernel(kernel, local, local, q_shape[3])  # per-step lengths
     batch_spec = heads_spec = kv_heads_spec = None
     if mesh is not None:
         batch_spec = logical_to_spec(("batch",), (b,), mesh)[0]
