@@ -18,6 +18,13 @@ are not fully masked (and each key block its range of query blocks); inside the 
 masked only when its position/segment ranges say some entry may be hidden (`lax.cond`), so a
 causal step costs about half a dense one and the mask is built only near the diagonal.
 
+Each program keeps the whole key/value sequence of the call (forward, dQ) or the group's whole
+query sequence (dK/dV) addressable: on GPU these are HBM pointers and tiles stream through shared
+memory; on TPU they are VMEM blocks (fetched once per head), which bounds the rows per call (per
+ring step) to what VMEM holds: about 16K rows at head_dim 128 in bf16 for the forward on a 128 MiB
+core, fewer for dK/dV with large GQA groups. Longer single-device sequences on TPU: use `ring`
+(sp > 1) or kernel=xla.
+
 Why dQ and dK/dV are separate kernels (as the reference ringattention TPU kernel): one fused kernel
 would either write dQ from many programs (atomics; none in Pallas-Triton or Mosaic) or recompute
 the scores twice anyway. Separate kernels parallelize over query blocks (dQ) and key blocks (dK/dV)
@@ -332,7 +339,23 @@ def _dkdv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, q
 # ----------------------------------------------------------------------------- pallas_call wrappers
 
 
-def _compiler_params(spec: KernelSpec, semantics: tuple[str, ...]):
+# TPU: blocks are double-buffered in VMEM; ask Mosaic for what the blocks need (+ headroom for
+# the fp32 tiles), up to what v5e/v5p/v6e cores have (128 MiB; v4: lower the per-step length).
+_VMEM_CAP = 100 * 2**20
+
+
+def _vmem_bytes(specs, arrays) -> int:
+    total = 0
+    for bs, x in zip(specs, arrays):
+        shape = getattr(bs, "block_shape", None)
+        if shape is None or x is None:
+            continue
+        rows = math.prod(1 if d is None else int(d) for d in shape)
+        total += 2 * rows * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def _compiler_params(spec: KernelSpec, semantics: tuple[str, ...], vmem: int = 0):
     if spec.backend == "gpu":
         from jax.experimental.pallas import triton as pltriton
 
@@ -343,7 +366,8 @@ def _compiler_params(spec: KernelSpec, semantics: tuple[str, ...]):
     if spec.backend == "tpu":
         from jax.experimental.pallas import tpu as pltpu
 
-        return pltpu.CompilerParams(dimension_semantics=semantics)
+        limit = min(_VMEM_CAP, max(32 * 2**20, int(1.5 * vmem)))
+        return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=limit)
     return None
 
 
@@ -358,13 +382,16 @@ def _bound_spec(spec: KernelSpec):
 
 def _call(kernel, spec: KernelSpec, grid, in_specs, out_specs, out_shape, name, *args):
     semantics = ("parallel",) * len(grid)
+    outs = out_specs if isinstance(out_specs, list) else [out_specs]
+    shapes = out_shape if isinstance(out_shape, list) else [out_shape]
+    vmem = _vmem_bytes([*in_specs, *outs], [*args, *shapes]) if spec.backend == "tpu" else 0
     return pl.pallas_call(
         kernel,
         grid=grid,
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        compiler_params=_compiler_params(spec, semantics),
+        compiler_params=_compiler_params(spec, semantics, vmem),
         interpret=spec.backend == "cpu",
         name=name,
     )(*args)
