@@ -13,7 +13,7 @@ The forward returns (out, lse) for the queries against this one key/value sequen
 (the ring) can merge several calls with `merge`. The backward kernels take the *final* lse and
 delta, so per-call gradients simply add up. Rows that see no key return out = 0 and lse = -inf.
 
-Work skipping: the caller-side `_block_ranges` gives each query block the range of key blocks that
+Work skipping: the caller-side `block_ranges` gives each query block the range of key blocks that
 are not fully masked (and each key block its range of query blocks); inside the range a block is
 masked only when its position/segment ranges say some entry may be hidden (`lax.cond`), so a
 causal step costs about half a dense one and the mask is built only near the diagonal.
@@ -25,6 +25,17 @@ ring step) to what VMEM holds: about 16K rows at head_dim 128 in bf16 for the fo
 core, fewer for dK/dV with large GQA groups. Longer single-device sequences on TPU: use `ring`
 (sp > 1) or kernel=xla.
 
+Why Triton on GPU (not Mosaic GPU): in the installed JAX (0.10) `pl.pallas_call` lowers to
+Triton on GPU and Mosaic on TPU from one BlockSpec-tiled body, and the Pallas interpreter runs
+that same body on CPU, so the tested code is the shipped code. Mosaic GPU kernels are written
+per warpgroup against TMA / wgmma (`plgpu.kernel`, its `pallas_call` form is deprecated), cannot
+share a body with TPU and cannot be checked here; Triton itself emits Hopper wgmma for 64+ row
+tiles with 4-8 warps. If the device check shows Triton short of its cuDNN goal, a Mosaic GPU
+forward for Hopper is the next step (jax.experimental.pallas.ops.gpu.attention_mgpu shows how).
+
+The pallas_call wrappers (grids, index maps, compiler parameters) and `merge` are in
+lwm/attention/flash_call.py.
+
 Why dQ and dK/dV are separate kernels (as the reference ringattention TPU kernel): one fused kernel
 would either write dQ from many programs (atomics; none in Pallas-Triton or Mosaic) or recompute
 the scores twice anyway. Separate kernels parallelize over query blocks (dQ) and key blocks (dK/dV)
@@ -34,7 +45,6 @@ with no cross-program writes, at the cost of recomputing Q K^T once more.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -126,7 +136,7 @@ def _tile_stats(x_b1t, block):
     return x.min(-1), x.max(-1)
 
 
-def _block_ranges(q_pos, kv_pos, q_seg, kv_seg, bq, bk, spec: KernelSpec, *, over_kv: bool):
+def block_ranges(q_pos, kv_pos, q_seg, kv_seg, bq, bk, spec: KernelSpec, *, over_kv: bool):
     """For each query tile ([B, nq]) the [lo, hi) of key tiles not fully masked; with `over_kv`,
     for each key tile ([B, nk]) the [lo, hi) of query tiles. Computed by XLA, O(nq * nk) ints."""
     qp = _tile_stats(q_pos, bq)
@@ -217,7 +227,7 @@ def _seg(ref, sl, spec):
 # ----------------------------------------------------------------------------- kernels
 
 
-def _fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, *rest, spec: KernelSpec, bk):
+def fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, *rest, spec: KernelSpec, bk):
     qs_ref, ks_ref, o_ref, lse_ref = rest if spec.has_segments else (None, None, *rest)
     q = q_ref[...]
     bq = q.shape[0]
@@ -270,7 +280,7 @@ def _probs(q, k, lse, qp, kp, qs, ks, spec, masked):
     return p
 
 
-def _dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_ref, kp_ref, *rest,
+def dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_ref, kp_ref, *rest,
                spec: KernelSpec, bk):  # fmt: skip
     qs_ref, ks_ref, dq_ref = rest if spec.has_segments else (None, None, *rest)
     q, do = q_ref[...], do_ref[...]
@@ -298,7 +308,7 @@ def _dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_
     dq_ref[...] = (dq * spec.scale).astype(dq_ref.dtype)
 
 
-def _dkdv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_ref, kp_ref,
+def dkdv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_ref, kp_ref,
                  *rest, spec: KernelSpec, bq, groups):  # fmt: skip
     qs_ref, ks_ref, dk_ref, dv_ref = rest if spec.has_segments else (None, None, *rest)
     k, v = k_ref[...], v_ref[...]
@@ -334,198 +344,3 @@ def _dkdv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, q
     dk, dv = lax.fori_loop(0, n_steps, body, (zeros, zeros))
     dk_ref[...] = (dk * spec.scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
-
-
-# ----------------------------------------------------------------------------- pallas_call wrappers
-
-
-# TPU: blocks are double-buffered in VMEM; ask Mosaic for what the blocks need (+ headroom for
-# the fp32 tiles), up to what v5e/v5p/v6e cores have (128 MiB; v4: lower the per-step length).
-_VMEM_CAP = 100 * 2**20
-
-
-def _vmem_bytes(specs, arrays) -> int:
-    total = 0
-    for bs, x in zip(specs, arrays):
-        shape = getattr(bs, "block_shape", None)
-        if shape is None or x is None:
-            continue
-        rows = math.prod(1 if d is None else int(d) for d in shape)
-        total += 2 * rows * jnp.dtype(x.dtype).itemsize
-    return total
-
-
-def _compiler_params(spec: KernelSpec, semantics: tuple[str, ...], vmem: int = 0):
-    if spec.backend == "gpu":
-        from jax.experimental.pallas import triton as pltriton
-
-        b = spec.blocks
-        return pltriton.CompilerParams(
-            num_warps=b.num_warps or None, num_stages=b.num_stages or None
-        )
-    if spec.backend == "tpu":
-        from jax.experimental.pallas import tpu as pltpu
-
-        limit = min(_VMEM_CAP, max(32 * 2**20, int(1.5 * vmem)))
-        return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=limit)
-    return None
-
-
-def _bound_spec(spec: KernelSpec):
-    """lo/hi tables [B, n]: one scalar per program (GPU/CPU), the whole table in SMEM (TPU)."""
-    if spec.backend == "tpu":
-        from jax.experimental.pallas import tpu as pltpu
-
-        return pl.BlockSpec(memory_space=pltpu.SMEM)
-    return pl.BlockSpec((None, None), lambda b, h, i: (b, i))
-
-
-def _call(kernel, spec: KernelSpec, grid, in_specs, out_specs, out_shape, name, *args):
-    semantics = ("parallel",) * len(grid)
-    outs = out_specs if isinstance(out_specs, list) else [out_specs]
-    shapes = out_shape if isinstance(out_shape, list) else [out_shape]
-    vmem = _vmem_bytes([*in_specs, *outs], [*args, *shapes]) if spec.backend == "tpu" else 0
-    return pl.pallas_call(
-        kernel,
-        grid=grid,
-        in_specs=in_specs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        compiler_params=_compiler_params(spec, semantics, vmem),
-        interpret=spec.backend == "cpu",
-        name=name,
-    )(*args)
-
-
-def _seg_args(spec, q_seg, kv_seg, q_block, kv_block):
-    if not spec.has_segments:
-        return [], []
-    return [q_seg, kv_seg], [q_block, kv_block]
-
-
-def flash_forward(q, k, v, q_pos, kv_pos, q_seg, kv_seg, spec: KernelSpec, out_dtype=None):
-    """(out [B, N, Tq, H] in `out_dtype` (default q's), lse [B, N, 1, Tq] fp32) against this k/v."""
-    b, n, tq, h = q.shape
-    kh, tk = k.shape[1], k.shape[2]
-    g = n // kh
-    bq, bk = fit_block(spec.blocks.block_q, tq), fit_block(spec.blocks.block_k, tk)
-    lo, hi = _block_ranges(q_pos, kv_pos, q_seg, kv_seg, bq, bk, spec, over_kv=False)
-    lo, hi = jnp.broadcast_to(lo, (b, tq // bq)), jnp.broadcast_to(hi, (b, tq // bq))
-    args, specs = _seg_args(
-        spec,
-        q_seg,
-        kv_seg,
-        pl.BlockSpec((None, 1, bq), lambda bi, hi_, i: (bi, 0, i)),
-        pl.BlockSpec((None, 1, tk), lambda bi, hi_, i: (bi, 0, 0)),
-    )
-    in_specs = [
-        _bound_spec(spec),
-        _bound_spec(spec),
-        pl.BlockSpec((None, None, bq, h), lambda bi, hn, i: (bi, hn, i, 0)),
-        pl.BlockSpec((None, None, tk, h), lambda bi, hn, i: (bi, lax.div(hn, g), 0, 0)),
-        pl.BlockSpec((None, None, tk, h), lambda bi, hn, i: (bi, lax.div(hn, g), 0, 0)),
-        pl.BlockSpec((None, 1, bq), lambda bi, hn, i: (0, 0, i)),
-        pl.BlockSpec((None, 1, tk), lambda bi, hn, i: (0, 0, 0)),
-        *specs,
-    ]
-    out_specs = [
-        pl.BlockSpec((None, None, bq, h), lambda bi, hn, i: (bi, hn, i, 0)),
-        pl.BlockSpec((None, None, 1, bq), lambda bi, hn, i: (bi, hn, 0, i)),
-    ]
-    out_shape = [
-        jax.ShapeDtypeStruct(q.shape, out_dtype or q.dtype),
-        jax.ShapeDtypeStruct((b, n, 1, tq), jnp.float32),
-    ]
-    kernel = functools.partial(_fwd_kernel, spec=spec, bk=bk)
-    grid = (b, n, tq // bq)
-    return _call(
-        kernel, spec, grid, in_specs, out_specs, out_shape, "lwm_flash_fwd",
-        lo, hi, q, k, v, q_pos, kv_pos, *args,
-    )  # fmt: skip
-
-
-def flash_backward(q, k, v, do, lse, delta, q_pos, kv_pos, q_seg, kv_seg, spec: KernelSpec):
-    """(dq, dk, dv) fp32 of this call's block, from the final lse and delta = rowsum(dO * O)."""
-    b, n, tq, h = q.shape
-    kh, tk = k.shape[1], k.shape[2]
-    g = n // kh
-    bq, bk = fit_block(spec.blocks.block_q_bwd, tq), fit_block(spec.blocks.block_k_bwd, tk)
-    f32 = jnp.float32
-
-    # dQ: grid over query tiles, loop over key tiles.
-    lo, hi = _block_ranges(q_pos, kv_pos, q_seg, kv_seg, bq, bk, spec, over_kv=False)
-    lo, hi = jnp.broadcast_to(lo, (b, tq // bq)), jnp.broadcast_to(hi, (b, tq // bq))
-    args, specs = _seg_args(
-        spec,
-        q_seg,
-        kv_seg,
-        pl.BlockSpec((None, 1, bq), lambda bi, hn, i: (bi, 0, i)),
-        pl.BlockSpec((None, 1, tk), lambda bi, hn, i: (bi, 0, 0)),
-    )
-    q_tile = pl.BlockSpec((None, None, bq, h), lambda bi, hn, i: (bi, hn, i, 0))
-    kv_all = pl.BlockSpec((None, None, tk, h), lambda bi, hn, i: (bi, lax.div(hn, g), 0, 0))
-    row_tile = pl.BlockSpec((None, None, 1, bq), lambda bi, hn, i: (bi, hn, 0, i))
-    in_specs = [
-        _bound_spec(spec),
-        _bound_spec(spec),
-        q_tile,
-        kv_all,
-        kv_all,
-        q_tile,
-        row_tile,
-        row_tile,
-        pl.BlockSpec((None, 1, bq), lambda bi, hn, i: (0, 0, i)),
-        pl.BlockSpec((None, 1, tk), lambda bi, hn, i: (0, 0, 0)),
-        *specs,
-    ]
-    dq = _call(
-        functools.partial(_dq_kernel, spec=spec, bk=bk), spec, (b, n, tq // bq), in_specs,
-        q_tile, jax.ShapeDtypeStruct(q.shape, f32), "lwm_flash_dq",
-        lo, hi, q, k, v, do, lse, delta, q_pos, kv_pos, *args,
-    )  # fmt: skip
-
-    # dK/dV: grid over (kv head, key tile), loop over the group's query heads x query tiles.
-    lo, hi = _block_ranges(q_pos, kv_pos, q_seg, kv_seg, bq, bk, spec, over_kv=True)
-    lo, hi = jnp.broadcast_to(lo, (b, tk // bk)), jnp.broadcast_to(hi, (b, tk // bk))
-    q5 = q.reshape(b, kh, g, tq, h)
-    do5 = do.reshape(b, kh, g, tq, h)
-    lse5, delta5 = lse.reshape(b, kh, g, 1, tq), delta.reshape(b, kh, g, 1, tq)
-    args, specs = _seg_args(
-        spec,
-        q_seg,
-        kv_seg,
-        pl.BlockSpec((None, 1, tq), lambda bi, hk, j: (bi, 0, 0)),
-        pl.BlockSpec((None, 1, bk), lambda bi, hk, j: (bi, 0, j)),
-    )
-    q_group = pl.BlockSpec((None, None, g, tq, h), lambda bi, hk, j: (bi, hk, 0, 0, 0))
-    rows_group = pl.BlockSpec((None, None, g, 1, tq), lambda bi, hk, j: (bi, hk, 0, 0, 0))
-    kv_tile = pl.BlockSpec((None, None, bk, h), lambda bi, hk, j: (bi, hk, j, 0))
-    in_specs = [
-        _bound_spec(spec),
-        _bound_spec(spec),
-        q_group,
-        kv_tile,
-        kv_tile,
-        q_group,
-        rows_group,
-        rows_group,
-        pl.BlockSpec((None, 1, tq), lambda bi, hk, j: (0, 0, 0)),
-        pl.BlockSpec((None, 1, bk), lambda bi, hk, j: (0, 0, j)),
-        *specs,
-    ]
-    kernel = functools.partial(_dkdv_kernel, spec=spec, bq=bq, groups=g)
-    kv_shape = jax.ShapeDtypeStruct(k.shape, f32)
-    dk, dv = _call(
-        kernel, spec, (b, kh, tk // bk), in_specs, [kv_tile, kv_tile], [kv_shape, kv_shape],
-        "lwm_flash_dkdv", lo, hi, q5, k, v, do5, lse5, delta5, q_pos, kv_pos, *args,
-    )  # fmt: skip
-    return dq, dk, dv
-
-
-def merge(o_a, lse_a, o_b, lse_b):
-    """Combines two partial attentions over disjoint key sets: (o fp32, lse) of their union."""
-    lse = jnp.logaddexp(lse_a, lse_b)
-    safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
-    w_a = jnp.exp(lse_a - safe).swapaxes(-1, -2)  # [B, N, 1, T] -> [B, N, T, 1]
-    w_b = jnp.exp(lse_b - safe).swapaxes(-1, -2)
-    return o_a.astype(jnp.float32) * w_a + o_b.astype(jnp.float32) * w_b, lse

@@ -15,15 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lwm.attention.flash import (
-    DEFAULT_BLOCKS,
-    BlockSizes,
-    KernelSpec,
-    fit_block,
-    flash_backward,
-    flash_forward,
-    platform,
-)
+from lwm.attention.flash import DEFAULT_BLOCKS, BlockSizes, KernelSpec, fit_block, platform
+from lwm.attention.flash_call import flash_backward, flash_forward
 from lwm.errors import ConfigError
 
 KERNELS = ("auto", "xla", "pallas")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from lwm.attention.flash import flash_backward, flash_forward, merge
+from lwm.attention.flash_call import flash_backward, flash_forward, merge
 from lwm.attention.flash_ops import (
     heads_major,
     kernel_spec,
