@@ -110,7 +110,7 @@ def test_kernel_bf16_within_tolerance_of_fp32_dense():
 # mesh, layout, causal_block_size, packed, (heads, kv_heads)
 RING_CASES = {
     "sp8-zigzag-packed-gqa": (dict(sp=8), "zigzag", None, True, (4, 2)),
-    "sp2tp4-contiguous-blockcausal-kv<tp": (dict(sp=2, tp=4), "contiguous", 4, True, (4, 2)),
+    "sp2tp4-striped-blockcausal-kv<tp": (dict(sp=2, tp=4), "striped", 4, True, (4, 2)),
 }
 
 
