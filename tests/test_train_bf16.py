@@ -21,10 +21,11 @@ from lwm.training.train_step import (
     state_shardings,
 )
 
-# Stated tolerances (relative) of a bf16-compute step vs the fp32 step: bf16 keeps 8 mantissa
-# bits (~0.4% per rounding); the loss averages many tokens, the gradient norm sums rounded terms.
-LOSS_RTOL = 1e-2
-GRAD_NORM_RTOL = 3e-2
+# Stated tolerances (relative) of a bf16-compute step vs the fp32 step. Measured on this model:
+# loss 2e-5, grad norm 3e-4 (bf16 keeps 8 mantissa bits, ~0.4% per rounding, averaged over many
+# terms); the bounds leave ~30x margin for other seeds and CPU/accelerator rounding differences.
+LOSS_RTOL = 2e-3
+GRAD_NORM_RTOL = 1e-2
 
 CFG = ModelConfig(
     vocab_size=64,
