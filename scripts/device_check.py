@@ -53,6 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny shapes on CPU (interpret mode)")
     p.add_argument("--phases", default="parity,attention,train,decode")
     p.add_argument("--lengths", default=None, help="attention lengths, e.g. 8192,32768,131072")
+    p.add_argument(
+        "--tiles",
+        default=None,
+        help="Pallas tile configs to time instead of the defaults: 'bq,bk,bq_bwd,bk_bwd,warps,"
+        "stages' separated by ';', e.g. '128,64,64,64,8,3;128,128,64,128,8,2'",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak per device")
     p.add_argument(
         "--budget-scale", type=float, default=1.0, help="multiply every phase's time budget"
@@ -199,9 +205,17 @@ def attention_flops(b: int, n: int, t: int, h: int, *, backward: bool) -> float:
     return fwd * (3.5 if backward else 1.0)
 
 
-def tile_configs(dry: bool):
+def tile_configs(dry: bool, tiles: str | None = None):
     from lwm.attention.flash import BlockSizes, platform
 
+    if tiles:
+        out = {}
+        for item in tiles.split(";"):
+            nums = [int(x) for x in item.split(",")]
+            if len(nums) != 6:
+                raise SystemExit(f"--tiles entry {item!r}: expected 6 integers")
+            out["x".join(map(str, nums))] = BlockSizes(*nums)
+        return out
     if dry:
         return {"cpu-64x64": BlockSizes(64, 64, 64, 64, 0, 0)}
     if platform() == "tpu":
@@ -216,7 +230,9 @@ def tile_configs(dry: bool):
     }
 
 
-def run_attention(ph: Phase, dry: bool, lengths: list[int], peak: float | None) -> None:
+def run_attention(
+    ph: Phase, dry: bool, lengths: list[int], peak: float | None, tiles: str | None = None
+) -> None:
     import jax
     import jax.numpy as jnp
 
@@ -230,7 +246,7 @@ def run_attention(ph: Phase, dry: bool, lengths: list[int], peak: float | None) 
     def pallas(blocks):
         return lambda q, k, v: flash_attention(q, k, v, blocks=blocks)
 
-    impls = {f"pallas[{name}]": pallas(blocks) for name, blocks in tile_configs(dry).items()}
+    impls = {f"pallas[{name}]": pallas(blocks) for name, blocks in tile_configs(dry, tiles).items()}
     impls["xla-blockwise"] = lambda q, k, v: blockwise_attention(
         q, k, v, query_chunk_size=chunk, key_chunk_size=chunk
     )
@@ -498,7 +514,7 @@ def main(argv=None) -> int:
         if name == "parity":
             run_parity(ph, args.cpu_dry_run)
         elif name == "attention":
-            run_attention(ph, args.cpu_dry_run, lengths, peak)
+            run_attention(ph, args.cpu_dry_run, lengths, peak, args.tiles)
         elif name == "train":
             run_train(ph, args.cpu_dry_run, peak)
         elif name == "decode":
