@@ -149,6 +149,8 @@ def test_kernel_setting_dispatch_auto_is_xla_on_cpu():
     assert resolve_kernel("auto", "tpu") == "pallas" and resolve_kernel("pallas") == "pallas"
     with pytest.raises(ConfigError, match="unknown attention kernel 'triton'"):
         resolve_kernel("triton")
+    with pytest.raises(ConfigError, match="unknown attention kernel 'cuda'"):
+        AttentionConfig(kernel="cuda")
     q, k, v, _ = make_inputs(4, 2)
     for kernel, fused in [("auto", False), ("xla", False), ("pallas", True)]:
         cfg = AttentionConfig(backend="blockwise", kernel=kernel, query_chunk_size=16)

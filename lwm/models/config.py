@@ -48,6 +48,13 @@ class AttentionConfig:
     kernel_block_k: int = 0
     """Pallas key tile (rows per inner step, forward and backward); 0 = the backend's default."""
 
+    def __post_init__(self):
+        kernels = ("auto", "xla", "pallas")
+        if self.kernel not in kernels:
+            raise ConfigError(
+                f"unknown attention kernel {self.kernel!r}; expected one of {kernels}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
