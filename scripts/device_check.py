@@ -317,7 +317,7 @@ def run_attention(
 # ----------------------------------------------------------------------------- train step
 
 
-def model_config(preset: str, seq_len: int, *, train: bool):
+def model_config(preset: str, seq_len: int, *, train: bool, kernel: str = "auto"):
     from lwm.models.config import ModelConfig
     from lwm.models.presets import model_preset
 
@@ -331,7 +331,7 @@ def model_config(preset: str, seq_len: int, *, train: bool):
     )
     chunk = min(1024, seq_len)
     d["attention"] = dict(
-        backend="blockwise", kernel="auto", query_chunk_size=chunk, key_chunk_size=chunk
+        backend="blockwise", kernel=kernel, query_chunk_size=chunk, key_chunk_size=chunk
     )
     return ModelConfig.from_dict(d)
 
@@ -356,7 +356,8 @@ def run_train(ph: Phase, dry: bool, peak: float | None) -> None:
     preset, t = ("debug", 128) if dry else ("1b", 32768)
 
     def one():
-        cfg = model_config(preset, t, train=True)
+        # The dry run forces the (interpreted) kernels: scan + remat + Pallas, as on a device.
+        cfg = model_config(preset, t, train=True, kernel="pallas" if dry else "auto")
         mesh = make_mesh({"dp": 1, "fsdp": 1, "tp": 1, "sp": 1}, jax.devices()[:1])
         mdef = model_def(cfg, mesh)
         opt = make_optimizer(
