@@ -227,6 +227,20 @@ def _seg(ref, sl, spec):
 # ----------------------------------------------------------------------------- kernels
 
 
+def _branch(need, visit, carry, tiles):
+    """`visit(carry, tiles, masked)` with the mask only where `need` (a scalar) says so.
+
+    Tiles are loaded before the branch, at the loop's top level, so Triton can pipeline the
+    loads (num_stages) across iterations; the branches only compute."""
+    if need is None:
+        return visit(carry, tiles, False)
+    return lax.cond(need, lambda c: visit(c, tiles, True), lambda c: visit(c, tiles, False), carry)
+
+
+def _masked(spec: KernelSpec) -> bool:
+    return spec.causal or spec.has_segments
+
+
 def fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, *rest, spec: KernelSpec, bk):
     qs_ref, ks_ref, o_ref, lse_ref = rest if spec.has_segments else (None, None, *rest)
     q = q_ref[...]
@@ -236,26 +250,25 @@ def fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qp_ref, kp_ref, *rest, spec:
     q_stats = _stats(qp, qs, spec)  # once per program, not per key tile
     scale = spec.scale * LOG2E  # scores in base 2: exp2 is the cheap instruction
 
-    def visit(j, carry, masked):
+    def visit(carry, tiles, masked):
         acc, m, l = carry
-        sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
-        s = _dot_nt(q, k_ref[sl, :]) * scale
+        k, v, kp, ks = tiles
+        s = _dot_nt(q, k) * scale
         if masked:
-            mask = _tile_mask(qp, kp_ref[0, sl], qs, _seg(ks_ref, sl, spec), spec)
-            s = jnp.where(mask, s, MASK_VALUE)
+            s = jnp.where(_tile_mask(qp, kp, qs, ks, spec), s, MASK_VALUE)
         m_new = jnp.maximum(m, s.max(-1))
         p = jnp.exp2(s - m_new[:, None])
         corr = jnp.exp2(m - m_new)
-        v = v_ref[sl, :]
         acc = acc * corr[:, None] + _dot(p.astype(v.dtype), v)
         return acc, m_new, l * corr + p.sum(-1)
 
     def body(j, carry):
-        if not (spec.causal or spec.has_segments):
-            return visit(j, carry, False)
         sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
-        need = _needs_mask(q_stats, _stats(kp_ref[0, sl], _seg(ks_ref, sl, spec), spec), spec)
-        return lax.cond(need, lambda c: visit(j, c, True), lambda c: visit(j, c, False), carry)
+        tiles = (k_ref[sl, :], v_ref[sl, :], kp_ref[0, sl], _seg(ks_ref, sl, spec))
+        need = None
+        if _masked(spec):
+            need = _needs_mask(q_stats, _stats(tiles[2], tiles[3], spec), spec)
+        return _branch(need, visit, carry, tiles)
 
     carry = (
         jnp.zeros(q.shape, jnp.float32),
@@ -289,19 +302,19 @@ def dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_r
     qs = qs_ref[0, :] if spec.has_segments else None
     q_stats = _stats(qp, qs, spec)
 
-    def visit(j, dq, masked):
-        sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
-        k, v = k_ref[sl, :], v_ref[sl, :]
-        p = _probs(q, k, lse, qp, kp_ref[0, sl], qs, _seg(ks_ref, sl, spec), spec, masked)
+    def visit(dq, tiles, masked):
+        k, v, kp, ks = tiles
+        p = _probs(q, k, lse, qp, kp, qs, ks, spec, masked)
         ds = p * (_dot_nt(do, v) - delta[:, None])
         return dq + _dot(ds.astype(k.dtype), k)
 
     def body(j, dq):
-        if not (spec.causal or spec.has_segments):
-            return visit(j, dq, False)
         sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
-        need = _needs_mask(q_stats, _stats(kp_ref[0, sl], _seg(ks_ref, sl, spec), spec), spec)
-        return lax.cond(need, lambda d: visit(j, d, True), lambda d: visit(j, d, False), dq)
+        tiles = (k_ref[sl, :], v_ref[sl, :], kp_ref[0, sl], _seg(ks_ref, sl, spec))
+        need = None
+        if _masked(spec):
+            need = _needs_mask(q_stats, _stats(tiles[2], tiles[3], spec), spec)
+        return _branch(need, visit, dq, tiles)
 
     lo, hi = _read_bound(lo_ref, spec.backend), _read_bound(hi_ref, spec.backend)
     dq = lax.fori_loop(lo, hi, body, jnp.zeros(q.shape, jnp.float32))
@@ -316,25 +329,29 @@ def dkdv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp
     ks = ks_ref[0, :] if spec.has_segments else None
     kv_stats = _stats(kp, ks, spec)
 
-    def visit(g, i, carry, masked):
+    def visit(carry, tiles, masked):
         dk, dv = carry
-        sl = pl.ds(pl.multiple_of(i * bq, bq), bq)
-        q, do = q_ref[g, sl, :], do_ref[g, sl, :]
-        qs = _seg(qs_ref, sl, spec)
-        p = _probs(q, k, lse_ref[g, 0, sl], qp_ref[0, sl], kp, qs, ks, spec, masked)
+        q, do, lse, delta, qp, qs = tiles
+        p = _probs(q, k, lse, qp, kp, qs, ks, spec, masked)
         dv = dv + _dot_tn(p.astype(do.dtype), do)
-        ds = p * (_dot_nt(do, v) - dl_ref[g, 0, sl][:, None])
+        ds = p * (_dot_nt(do, v) - delta[:, None])
         return dk + _dot_tn(ds.astype(q.dtype), q), dv
 
     def body(t, carry):
         g, i = lax.div(t, nq_range), lo + lax.rem(t, nq_range)  # non-negative: no sign logic
-        if not (spec.causal or spec.has_segments):
-            return visit(g, i, carry, False)
         sl = pl.ds(pl.multiple_of(i * bq, bq), bq)
-        need = _needs_mask(_stats(qp_ref[0, sl], _seg(qs_ref, sl, spec), spec), kv_stats, spec)
-        return lax.cond(
-            need, lambda c: visit(g, i, c, True), lambda c: visit(g, i, c, False), carry
+        tiles = (
+            q_ref[g, sl, :],
+            do_ref[g, sl, :],
+            lse_ref[g, 0, sl],
+            dl_ref[g, 0, sl],
+            qp_ref[0, sl],
+            _seg(qs_ref, sl, spec),
         )
+        need = None
+        if _masked(spec):
+            need = _needs_mask(_stats(tiles[4], tiles[5], spec), kv_stats, spec)
+        return _branch(need, visit, carry, tiles)
 
     lo, hi = _read_bound(lo_ref, spec.backend), _read_bound(hi_ref, spec.backend)
     nq_range = jnp.maximum(hi - lo, 1)
