@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make setup ACCEL=cuda|cuda13|tpu` adds JAX's accelerator wheels (pyproject extras) to the venv.
+ACCEL ?=
+ACCELS := cuda cuda12 cuda13 tpu
 
 .PHONY: demo demo-video test lint format setup clean
 
@@ -15,6 +18,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+ifneq ($(ACCEL),)
+	@case " $(ACCELS) " in *" $(ACCEL) "*) ;; \
+	  *) echo "make setup: ACCEL must be one of: $(ACCELS) (got '$(ACCEL)')"; exit 2;; esac
+	$(BIN)/python -m pip install -q -e '.[dev,$(ACCEL)]'
+	$(BIN)/python -c "import jax; print(jax.default_backend(), jax.devices())"
+endif
 
 demo: $(STAMP)
 	$(BIN)/lwm demo

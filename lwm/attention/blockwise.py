@@ -27,6 +27,7 @@ from jax import lax
 
 from lwm.attention import AttentionOp
 from lwm.attention.dense import attention_mask
+from lwm.attention.flash_ops import choose_kernel, usable_kernel
 from lwm.errors import ConfigError
 
 SKIP, FULL, PARTIAL = 0, 1, 2
@@ -402,8 +403,11 @@ def blockwise_attention(
     causal_block_size: int | None = None,
     query_chunk_size: int = 512,
     key_chunk_size: int = 512,
+    kernel: Any = None,
 ) -> jax.Array:
-    """Blockwise attention with the mask semantics of `dense_attention`; validates shapes."""
+    """Blockwise attention with the mask semantics of `dense_attention`; validates shapes.
+
+    `kernel` (a flash_ops.PallasChoice) runs the fused Pallas kernels instead of the xla chunks."""
     b, t, n, _ = q_btnh.shape
     check_heads(n, k_btkh.shape[2])
     if k_btkh.shape[1] != t or v_btkh.shape != k_btkh.shape:
@@ -422,6 +426,21 @@ def blockwise_attention(
     )
     if segment_ids_bt is not None:
         segment_ids_bt = segment_ids_bt.astype(jnp.int32)
+    kernel = usable_kernel(kernel, t, t, q_btnh.shape[3])
+    if kernel is not None:  # the one dispatch point to the Pallas kernels
+        from lwm.attention.flash_ops import flash_attention
+
+        return flash_attention(
+            q_btnh,
+            k_btkh,
+            v_btkh,
+            segment_ids_bt,
+            causal=causal,
+            causal_block_size=spec.causal_block_size,
+            block_q=kernel.block_q,
+            block_k=kernel.block_k,
+            blocks=kernel.blocks,
+        )
     return blockwise_attention_core(q_btnh, k_btkh, v_btkh, segment_ids_bt, spec)
 
 
@@ -443,4 +462,5 @@ class BlockwiseAttentionOp(AttentionOp):
             causal_block_size=self.config.causal_block_size,
             query_chunk_size=self.config.query_chunk_size,
             key_chunk_size=self.config.key_chunk_size,
+            kernel=choose_kernel(self.config, self.mesh),
         )

@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from lwm.errors import ConfigError
+
 AttentionBackend = Literal["dense", "blockwise", "ring"]
 Layout = Literal["contiguous", "zigzag", "striped"]
+AttentionKernel = Literal["auto", "xla", "pallas"]
+KERNELS = ("auto", "xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,3 +27,16 @@ class AttentionConfig:
     """Placement of sequence chunks over `sp` for ring attention; load-balanced by default."""
     ffn_chunk_size: int = 0
     """Blockwise feed-forward: chunk length over the sequence (0 = off)."""
+    kernel: AttentionKernel = "auto"
+    """Implementation of blockwise/ring attention: `xla` (einsum chunk loops), `pallas` (fused
+    kernels, lwm/attention/flash.py; interpreted on CPU), `auto` = pallas on GPU/TPU, xla on CPU."""
+    kernel_block_q: int = 0
+    """Pallas query tile (rows per program, forward and backward); 0 = the backend's default."""
+    kernel_block_k: int = 0
+    """Pallas key tile (rows per inner step, forward and backward); 0 = the backend's default."""
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise ConfigError(
+                f"unknown attention kernel {self.kernel!r}; expected one of {KERNELS}"
+            )

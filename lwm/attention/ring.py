@@ -46,6 +46,7 @@ from lwm.attention.blockwise import (
     unchunk_q,
     unchunk_stats,
 )
+from lwm.attention.flash_ops import choose_kernel, usable_kernel
 from lwm.attention.layout import SP, check_layout, check_length, natural_positions
 from lwm.attention.layout import from_layout as _from_layout
 from lwm.attention.layout import to_layout as _to_layout
@@ -68,6 +69,8 @@ class RingPlan:
     """Mesh axis (or axes) of the query heads; None = heads not sharded."""
     kv_heads_spec: Any = None
     """Mesh axis of the kv heads; None with heads_spec set = kv replicated, sliced per device."""
+    kernel: Any = None
+    """A flash_ops.PallasChoice to run each step with the Pallas kernels; None = the xla chunks."""
 
     @property
     def head_shards(self) -> int:
@@ -215,16 +218,25 @@ def _on_mesh(fn, plan: RingPlan, in_specs, out_specs, args):
     )(*xs)
 
 
+def _local_fns(plan: RingPlan):
+    """The per-device (forward, backward) of the plan's kernel: the one dispatch point."""
+    if plan.kernel is None:
+        return _ring_forward_local, _ring_backward_local
+    from lwm.attention import ring_flash
+
+    return ring_flash.forward_local, ring_flash.backward_local
+
+
 def _ring_fwd(q, k, v, seg, plan: RingPlan):
     qs, kvs, segs, lses = _specs(plan)
-    out, lse = _on_mesh(_ring_forward_local, plan, (qs, kvs, kvs, segs), (qs, lses), (q, k, v, seg))
+    out, lse = _on_mesh(_local_fns(plan)[0], plan, (qs, kvs, kvs, segs), (qs, lses), (q, k, v, seg))
     return out, (q, k, v, seg, out, lse)
 
 
 def _ring_bwd(plan: RingPlan, res, dout):
     qs, kvs, segs, lses = _specs(plan)
     dq, dk, dv = _on_mesh(
-        _ring_backward_local,
+        _local_fns(plan)[1],
         plan,
         (qs, kvs, kvs, segs, qs, lses, qs),
         (qs, kvs, kvs),
@@ -270,7 +282,16 @@ def ring_chunks(
 
 
 def make_plan(
-    q_shape, k_shape, *, causal, causal_block_size, query_chunk_size, key_chunk_size, layout, mesh
+    q_shape,
+    k_shape,
+    *,
+    causal,
+    causal_block_size,
+    query_chunk_size,
+    key_chunk_size,
+    layout,
+    mesh,
+    kernel=None,
 ) -> RingPlan:
     """Validates shapes against the mesh and config; errors name the offending numbers."""
     check_layout(layout)
@@ -287,6 +308,7 @@ def make_plan(
         q_chunk=q_chunk,
         k_chunk=k_chunk,
     )
+    kernel = usable_kernel(kernel, local, local, q_shape[3])  # per-step lengths
     batch_spec = heads_spec = kv_heads_spec = None
     if mesh is not None:
         batch_spec = logical_to_spec(("batch",), (b,), mesh)[0]
@@ -294,7 +316,9 @@ def make_plan(
         if heads_spec is not None:
             kv_spec = logical_to_spec(("act_kv_heads",), (kv_heads,), mesh)[0]
             kv_heads_spec = kv_spec if kv_spec == heads_spec else None
-    return RingPlan(mask, layout, sp, n, kv_heads, mesh, batch_spec, heads_spec, kv_heads_spec)
+    return RingPlan(
+        mask, layout, sp, n, kv_heads, mesh, batch_spec, heads_spec, kv_heads_spec, kernel
+    )
 
 
 def ring_attention(
@@ -309,8 +333,10 @@ def ring_attention(
     query_chunk_size: int = 512,
     key_chunk_size: int = 512,
     layout: str = "zigzag",
+    kernel: Any = None,
 ) -> jax.Array:
-    """Ring attention on global arrays whose sequence axis is already in `layout` order."""
+    """Ring attention on global arrays whose sequence axis is already in `layout` order;
+    `kernel` (a flash_ops.PallasChoice) runs each ring step with the fused Pallas kernels."""
     plan = make_plan(
         q_btnh.shape,
         k_btkh.shape,
@@ -320,6 +346,7 @@ def ring_attention(
         key_chunk_size=key_chunk_size,
         layout=layout,
         mesh=mesh,
+        kernel=kernel,
     )
     if v_btkh.shape != k_btkh.shape:
         raise ConfigError(f"k shape {k_btkh.shape} != v shape {v_btkh.shape}")
@@ -356,6 +383,7 @@ class RingAttentionOp(AttentionOp):
             query_chunk_size=cfg.query_chunk_size,
             key_chunk_size=cfg.key_chunk_size,
             layout=cfg.layout,
+            kernel=choose_kernel(cfg, self.mesh),
         )
 
     def to_layout(self, x, axis: int = 1):

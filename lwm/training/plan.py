@@ -79,6 +79,10 @@ class StagePlan:
     mesh: dict[str, int]
     devices: int
     attention: str
+    param_dtype: str
+    """Storage dtype of the parameters (the optimizer state follows it)."""
+    compute_dtype: str
+    """Activation / matmul dtype the memory was planned with (bfloat16: bf16 training memory)."""
     params: int
     memory: MemoryPlan
     xla_flops_per_device: float
@@ -200,6 +204,8 @@ def plan_stage(
         mesh={k: int(v) for k, v in mesh.shape.items()},
         devices=int(mesh.size),
         attention=spec.model.attention.backend,
+        param_dtype=mdef.config.param_dtype,
+        compute_dtype=mdef.config.dtype,
         params=count_params(mdef.abstract_pure_params()),
         memory=memory,
         xla_flops_per_device=_xla_flops(compiled),
@@ -218,6 +224,7 @@ def format_plan(p: StagePlan) -> str:
         f"stage {p.stage}: seq_len {p.seq_len:,} x batch {p.batch_size} "
         f"({p.seq_len * p.batch_size:,} tokens/step, grad_accum {p.grad_accum}), "
         f"attention {p.attention}",
+        f"  precision     params {p.param_dtype}, compute {p.compute_dtype}",
         f"  mesh          {mesh} ({p.devices} devices)",
         f"  parameters    {p.params:,} ({p.params / 1e9:.3f} B)",
         "  memory/device (XLA buffer assignment)",
