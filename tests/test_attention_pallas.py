@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lwm.attention import dense_attention, make_attention
+from lwm.attention.config import AttentionConfig
 from lwm.attention.flash import DEFAULT_BLOCKS, KernelSpec, fit_block
 from lwm.attention.flash_ops import (
     _flash,
@@ -15,7 +16,6 @@ from lwm.attention.flash_ops import (
     resolve_kernel,
 )
 from lwm.errors import ConfigError
-from lwm.attention.config import AttentionConfig
 from lwm.sharding import make_mesh
 
 B, T, H = 2, 64, 16

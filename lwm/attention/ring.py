@@ -308,7 +308,8 @@ def make_plan(
         q_chunk=q_chunk,
         k_chunk=k_chunk,
     )
-    kernel = usable_kernel(kernel, local, local, q_shape[3])  # per-step lengths
+    local = t // sp  # per-step lengths
+    kernel = usable_kernel(kernel, local, local, q_shape[3])
     batch_spec = heads_spec = kv_heads_spec = None
     if mesh is not None:
         batch_spec = logical_to_spec(("batch",), (b,), mesh)[0]
