@@ -2,8 +2,8 @@
 StreamingCheckpointer) from a HF LLaMA's weights, for the `lwm convert from-lwm` tests.
 
 Written from the format's description, independently of lwm's reader: each record is the msgpack
-array `[key path (array of str), bin]`, the bin being flax's serialization of one leaf (msgpack ext 1
-holding `[shape, dtype name, C-order bytes]`; leaves above `chunk_bytes` as a chunked-array map).
+array `[key path (array of str), bin]`, the bin being flax's serialization of one leaf (msgpack
+ext 1 holding `[shape, dtype name, C-order bytes]`; leaves over `chunk_bytes` as a chunked map).
 LWM's params: wte/embedding, h/{scan_decoder|<i>}/{attention/wq.., feed_forward/w1.., *_norm},
 ln_f, lm_head, and for vision models vte/embedding and vision_head, Dense kernels as [in, out];
 its RoPE pairs features (2i, 2i+1) of each head, HF's (i, i + H/2).

@@ -1,5 +1,5 @@
-"""`lwm convert from-lwm`: LWM streaming msgpack checkpoints (written by tests/lwm_fixtures.py from a
-random HF LLaMA) convert to lwm checkpoints whose logits equal transformers' (torch CPU, fp32)."""
+"""`lwm convert from-lwm`: LWM streaming msgpack checkpoints (written by tests/lwm_fixtures.py from
+a random HF LLaMA) convert to lwm checkpoints whose logits equal transformers' (torch CPU, fp32)."""
 
 from __future__ import annotations
 

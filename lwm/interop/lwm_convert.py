@@ -188,7 +188,8 @@ def read_lwm_params(spec: str, cfg: ModelConfig, *, preset: str = "") -> dict:
         want_shape = ((layers,) if stacked else ()) + lwm_file_shape
         if tuple(array.shape) != want_shape:
             raise LwmError(
-                f"{path}: tensor {name} has shape {tuple(array.shape)}, expected {want_shape}{where}"
+                f"{path}: tensor {name} has shape {tuple(array.shape)}, "
+                f"expected {want_shape}{where}"
             )
         if layer is not None and layer >= layers:
             raise LwmError(f"{path}: unexpected tensor {name}: the preset has {layers} layers")

@@ -1,4 +1,4 @@
-"""Reader for the streaming msgpack checkpoints of LWM's trainer (tux / EasyLM `StreamingCheckpointer`).
+"""Reader for the streaming msgpack checkpoints of LWM's trainer (tux/EasyLM StreamingCheckpointer).
 
 The file is a plain concatenation of msgpack objects, one per tensor: a 2-element array
 `[key_path, value]` where `key_path` is an array of strings (the flattened flax state-dict path,
