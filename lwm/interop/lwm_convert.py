@@ -271,7 +271,12 @@ def convert_from_lwm(
     out = pathlib.Path(out_dir).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LwmError(f"output directory {out} already exists and is not empty; refusing")
+    import jax
+
     params = read_lwm_params(spec, cfg, preset=preset)
+    # As jax arrays on the CPU device (aliasing the numpy buffers, no copy), orbax writes them
+    # without the full host copy it makes of numpy leaves (measured: output x2.4 -> x1.5 peak).
+    params = jax.tree.map(lambda x: jax.device_put(x, jax.devices("cpu")[0]), params)
     _, src = parse_load_spec(spec)
     with atomic_output_dir(out) as tmp:
         save_params(

@@ -70,6 +70,11 @@ class TrainConfig:
     """Peak FLOP/s of the whole mesh for MFU; 0 = measure once with a matmul benchmark."""
     progress_bar: bool = True
     """Show a tqdm progress bar on process 0."""
+    init_from: str = ""
+    """Start stage 1 from the params of this lwm checkpoint (converted HF/LWM model or a training
+    workdir) instead of random init; fresh optimizer; ignored once the workdir has a checkpoint."""
+    init_from_skip: tuple[str, ...] = ()
+    """Regexes on "/"-joined param paths left at their fresh init when using `init_from`."""
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -150,8 +155,9 @@ def _from_dict(cls, d, where: str):
     unknown = set(d) - known
     if unknown:
         raise ConfigError(f"unknown {where} config fields: {sorted(unknown)}")
-    if "weight_decay_exclude" in d and d["weight_decay_exclude"] is not None:
-        d["weight_decay_exclude"] = tuple(d["weight_decay_exclude"])
+    for name in ("weight_decay_exclude", "init_from_skip"):
+        if d.get(name) is not None:
+            d[name] = tuple(d[name])
     if d.get("mesh") is not None:
         d["mesh"] = {str(k): int(v) for k, v in dict(d["mesh"]).items()}
     if d.get("data") is not None:

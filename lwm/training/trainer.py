@@ -30,11 +30,12 @@ from lwm.sharding import make_mesh
 from lwm.sharding.mesh import MESH_AXES, resolve_mesh_shape
 from lwm.training import flops as flops_lib
 from lwm.training.config import ResolvedStage, TrainConfig, resolve_stages
+from lwm.training.init_from import initial_params
 from lwm.training.metrics import MetricsWriter, plot_loss_curve, read_metrics
 from lwm.training.optimizer import make_optimizer, weight_decay_mask
 from lwm.training.schedule import make_schedule
 from lwm.training.signals import StopRequest
-from lwm.training.train_state import ModelDef, count_params, init_params, model_def, rng_data
+from lwm.training.train_state import ModelDef, count_params, model_def, rng_data
 from lwm.training.train_step import (
     abstract_state,
     batch_shardings,
@@ -341,7 +342,8 @@ class Trainer:
                         data_state = None
                 state = jax.device_put(state, st_sh)
             elif params is None:
-                p = init_params(mdef, spec.train.seed, mesh)
+                # Fresh run: random init, or train.init_from (lwm/training/init_from.py).
+                p = initial_params(spec.train, mdef, mesh, log=self.log if self.primary else None)
                 state = {
                     "step": jnp.asarray(0, jnp.int32),
                     "params": p,
