@@ -116,16 +116,19 @@ def _target(key: tuple[str, ...]) -> tuple[tuple[str, ...], int | None, bool] | 
     return None
 
 
-def _to_lwm(path: tuple[str, ...], x: np.ndarray, lwm_shape: tuple[int, ...]) -> np.ndarray:
-    """LWM's layout -> lwm's for one tensor (leading layer axis allowed)."""
+def _write_lwm(path: tuple[str, ...], x: np.ndarray, dest: np.ndarray) -> None:
+    """Writes LWM-layout tensor `x` into lwm-layout `dest` (same leading layer axes), casting on
+    the way; q/k columns are permuted one feature at a time, so no permuted copy of `x` is made."""
     if path in (("blocks", "attn", "wq"), ("blocks", "attn", "wk"), ("blocks", "attn", "wv")):
-        y = x.reshape(*x.shape[:-1], lwm_shape[-2], lwm_shape[-1])
-        if path[-1] != "wv":  # RoPE pairs (2i, 2i+1) in LWM, (i, i + H/2) in lwm
-            y = y[..., interleaved_to_half_permutation(lwm_shape[-1])]
-        return y
-    if path == ("blocks", "attn", "wo"):
-        return x.reshape(*x.shape[:-2], lwm_shape[0], lwm_shape[1], lwm_shape[2])
-    return x
+        y = x.reshape(dest.shape)  # [.., D, N*H] -> [.., D, N, H]: a view
+        if path[-1] == "wv":
+            dest[...] = y
+            return
+        # RoPE pairs features (2i, 2i+1) in LWM, (i, i + H/2) in lwm.
+        for j, src in enumerate(interleaved_to_half_permutation(dest.shape[-1])):
+            dest[..., j] = y[..., src]
+        return
+    dest[...] = x.reshape(dest.shape)
 
 
 def _strip(kind: str, key: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -200,13 +203,9 @@ def read_lwm_params(spec: str, cfg: ModelConfig, *, preset: str = "") -> dict:
         slots = set(range(layers)) if stacked else ({layer} if is_block else {None})
         if slots & filled[lpath]:
             raise LwmError(f"{path}: tensor {name} given twice (scanned and per-layer keys?)")
-        converted = _to_lwm(lpath, array, lwm_shape)
-        if layer is not None:
-            out[lpath][layer] = converted
-        else:
-            out[lpath][...] = converted
+        _write_lwm(lpath, array, out[lpath][layer] if layer is not None else out[lpath])
         filled[lpath] |= slots
-        del array, converted
+        del array
     missing = []
     for lpath, (file_shape, _) in shapes.items():
         want_slots = set(range(layers)) if lpath[0] == "blocks" else {None}

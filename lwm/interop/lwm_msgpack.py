@@ -72,10 +72,42 @@ def _ext_hook(code: int, data: bytes):
     raise ValueError(f"unknown msgpack ext type {code}")
 
 
+def _ext_ndarray_view(value: bytes) -> np.ndarray | None:
+    """The array of a leaf that is a single ext-1 ndarray, as a view of `value` (no copy); None
+    for any other leaf (chunked arrays, scalars), which take the general path."""
+    import msgpack
+
+    mv = memoryview(value)
+    head = {0xC7: 1, 0xC8: 2, 0xC9: 4}.get(mv[0]) if len(mv) > 6 else None
+    if head is None:
+        return None
+    size = int.from_bytes(mv[1 : 1 + head], "big")
+    if mv[1 + head] != _EXT_NDARRAY:
+        return None
+    data = mv[2 + head : 2 + head + size]
+    unpacker = msgpack.Unpacker(raw=True)
+    unpacker.feed(bytes(data[:512]))  # the shape and dtype name: a few dozen bytes
+    if unpacker.read_array_header() != 3:
+        return None
+    shape, dtype_name = unpacker.unpack(), unpacker.unpack()
+    pos = unpacker.tell()
+    blen = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(data[pos])
+    if blen is None:
+        return None
+    n = int.from_bytes(data[pos + 1 : pos + 1 + blen], "big")
+    buffer = data[pos + 1 + blen : pos + 1 + blen + n]
+    if len(buffer) != n:
+        raise ValueError("array bytes cut short")
+    return np.frombuffer(buffer, dtype=_dtype(dtype_name)).reshape(tuple(int(d) for d in shape))
+
+
 def decode_leaf(value: bytes) -> np.ndarray:
     """One flax-serialized leaf (an array, a scalar, or a chunked array) as a numpy array."""
     import msgpack
 
+    fast = _ext_ndarray_view(value)
+    if fast is not None:
+        return fast
     obj = msgpack.unpackb(value, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     if isinstance(obj, dict) and obj.get(_CHUNKED) is True:
         shape = tuple(int(obj["shape"][str(i)]) for i in range(len(obj["shape"])))
