@@ -23,7 +23,8 @@ from lwm.training.config import default_train_section, stage_section
 BATCH_TOKENS = 8 * 2**20  # paper: 8M tokens per batch in every vision-language stage
 
 # (seq_len, steps, warmup, peak lr, schedule, mesh, data path). Steps = total tokens / 8M
-# (paper: 363B, 107B, 10B, 3.5B, 0.4B tokens).
+# (paper: 363B, 107B, 10B, 3.5B, 0.4B tokens). Meshes: 16K tokens per device (what fits a v4
+# chip's 32 GiB in lwm, `lwm plan`), sequences split over sp once a stage has fewer than 512.
 STAGES = (
     # 1K: image-text pairs (LAION-2B-en / COYO-700M in the paper) at 256 tokens per image.
     (2**10, 45000, 1000, 6e-4, "warmup_cosine", dict(dp=1, fsdp=-1, tp=1, sp=1), "vl-1k"),
@@ -31,9 +32,9 @@ STAGES = (
     (2**13, 14000, 500, 6e-4, "warmup_cosine", dict(dp=1, fsdp=-1, tp=1, sp=1), "vl-8k"),
     # Chat 32K / 128K / 1M: long videos with model-generated QA, text chat (UltraChat) and the
     # earlier stages' data; lr 8e-5 (as in run_train_vision_text.sh), min lr = max lr: constant.
-    (2**15, 1200, 100, 8e-5, "constant", dict(dp=1, fsdp=-1, tp=4, sp=1), "vl-chat-32k"),
-    (2**17, 450, 50, 8e-5, "constant", dict(dp=1, fsdp=-1, tp=8, sp=1), "vl-chat-128k"),
-    (2**20, 50, 5, 8e-5, "constant", dict(dp=1, fsdp=-1, tp=4, sp=16), "vl-chat-1m"),
+    (2**15, 1200, 100, 8e-5, "constant", dict(dp=1, fsdp=-1, tp=1, sp=2), "vl-chat-32k"),
+    (2**17, 450, 50, 8e-5, "constant", dict(dp=1, fsdp=-1, tp=1, sp=8), "vl-chat-128k"),
+    (2**20, 50, 5, 8e-5, "constant", dict(dp=1, fsdp=-1, tp=1, sp=64), "vl-chat-1m"),
 )
 
 
