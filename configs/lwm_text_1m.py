@@ -28,18 +28,18 @@ BATCH_TOKENS = 4 * 2**20  # paper: 4M tokens per batch in every text stage
 # which in lwm needs 49-97 GiB per device, `lwm plan`): 16K tokens per device in every stage, one
 # sequence per fsdp shard, the rest on sp, so devices move from fsdp onto sp as sequences grow.
 STAGES = (
-    (2**15, 1_000_000.0, 1200, 100, dict(dp=1, fsdp=128, tp=1, sp=2)),
-    (2**17, 10_000_000.0, 3000, 200, dict(dp=1, fsdp=32, tp=1, sp=8)),
-    (2**18, 10_000_000.0, 3000, 200, dict(dp=1, fsdp=16, tp=1, sp=16)),
-    (2**19, 25_000_000.0, 720, 50, dict(dp=1, fsdp=8, tp=1, sp=32)),
-    (2**20, 50_000_000.0, 450, 25, dict(dp=1, fsdp=4, tp=1, sp=64)),
+    (2**15, 1_000_000.0, 1200, 100, dict(dp=1, fsdp=-1, tp=1, sp=2)),
+    (2**17, 10_000_000.0, 3000, 200, dict(dp=1, fsdp=-1, tp=1, sp=8)),
+    (2**18, 10_000_000.0, 3000, 200, dict(dp=1, fsdp=-1, tp=1, sp=16)),
+    (2**19, 25_000_000.0, 720, 50, dict(dp=1, fsdp=-1, tp=1, sp=32)),
+    (2**20, 50_000_000.0, 450, 25, dict(dp=1, fsdp=-1, tp=1, sp=64)),
 )
 
 
 def get_config():
     # LLaMA-2 7B with LWM's eps 1e-6, scanned + rematted blocks, ring attention (presets.py).
     config = base_config("lwm-text-32k")
-    config.mesh = ml_collections.ConfigDict(dict(dp=1, fsdp=128, tp=1, sp=2))
+    config.mesh = ml_collections.ConfigDict(dict(dp=1, fsdp=-1, tp=1, sp=2))
     config.train = default_train_section(
         init_from="llama2-7b",  # `lwm convert from-hf` of meta-llama/Llama-2-7b-hf (4K context)
         lr=4e-5,  # paper: 4e-5 in every text stage
