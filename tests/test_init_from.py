@@ -165,3 +165,11 @@ def test_killed_and_resumed_finetune_is_bit_identical(converted, tmp_path):
     assert a == b
     with pytest.raises(LwmError, match="no checkpoint|not found"):
         train(_config(init_from=str(tmp_path / "not-there")), tmp_path / "fresh")
+    # Another run's workdir (a full train state) is a valid init_from: its latest params.
+    saved, cfg = load_params_numpy(whole)
+    mesh = make_mesh(dict(dp=1, fsdp=8, tp=1, sp=1))
+    got = params_from_checkpoint(whole, model_def(cfg, mesh), mesh)
+    np.testing.assert_array_equal(np.asarray(got["lm_head"]), saved["lm_head"])
+    np.testing.assert_array_equal(
+        np.asarray(got["blocks"]["1"]["mlp"]["w_down"]), saved["blocks"]["1"]["mlp"]["w_down"]
+    )
