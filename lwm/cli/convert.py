@@ -1,4 +1,5 @@
-"""`lwm convert from-hf HF_DIR OUT_DIR` and `lwm convert to-hf CKPT_DIR OUT_DIR`."""
+"""`lwm convert from-hf HF_DIR OUT_DIR`, `lwm convert to-hf CKPT_DIR OUT_DIR` and
+`lwm convert from-lwm PARAMS OUT_DIR --config PRESET`."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def add_parser(subparsers) -> None:
     b.add_argument("out_dir", help="new HF directory (must not exist or be empty)")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.set_defaults(func=_to_hf)
+    _add_from_lwm(sub)
 
 
 def _from_hf(args: argparse.Namespace) -> int:
@@ -40,4 +42,43 @@ def _to_hf(args: argparse.Namespace) -> int:
 
     out = convert_to_hf(args.ckpt_dir, args.out_dir, dtype=args.dtype)
     print(f"wrote HF LLaMA directory {out}")
+    return 0
+
+
+# -- from-lwm: LWM's streaming msgpack Jax checkpoints (self-contained block) ------------------
+
+
+def _add_from_lwm(sub) -> None:
+    c = sub.add_parser(
+        "from-lwm",
+        help="LWM's released Jax checkpoint (streaming msgpack) -> lwm checkpoint",
+        description="Convert an LWM Jax checkpoint (LWM-Text-*-Jax, LWM-*-Jax: the streaming "
+        "msgpack files of LWM's trainer) into an lwm model checkpoint. The file holds no config: "
+        "--config names the model preset (lwm-text-1m, lwm-chat-1m, ... or a config file) and "
+        "--config.model.FIELD=VALUE adjusts it. PARAMS is a path or LWM's params::PATH / "
+        "trainstate_params::PATH / trainstate::PATH.",
+    )
+    c.add_argument("params", help="LWM checkpoint file (optionally params::, trainstate::...)")
+    c.add_argument("out_dir", help="new lwm checkpoint directory (must not exist or be empty)")
+    c.add_argument("--config", required=True, help="model preset name or config file")
+    c.add_argument(
+        "--param-dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="storage dtype of the converted parameters (float32 keeps a bf16 file exact)",
+    )
+    c.set_defaults(func=_from_lwm)
+
+
+def _from_lwm(args: argparse.Namespace) -> int:
+    from lwm.config import apply_overrides, load_config_file
+    from lwm.interop.lwm_convert import convert_from_lwm
+    from lwm.models.config import ModelConfig
+    from lwm.models.presets import PRESETS, base_config
+
+    config = base_config(args.config) if args.config in PRESETS else load_config_file(args.config)
+    apply_overrides(config, args.config_overrides)
+    cfg = ModelConfig.from_dict(config.model).replace(param_dtype=args.param_dtype)
+    out = convert_from_lwm(args.params, args.out_dir, cfg, preset=args.config)
+    print(f"wrote lwm checkpoint {out}")
     return 0

@@ -21,6 +21,13 @@ def add_parser(subparsers) -> None:
         default=None,
         help="stop after this global step with a checkpoint (resume later)",
     )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="start stage 1 from this lwm checkpoint's params (sets train.init_from; a workdir "
+        "with its own checkpoint resumes instead)",
+    )
     p.set_defaults(func=run)
 
 
@@ -33,5 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from lwm.training.trainer import train
 
     config = load_config(args.config, args.config_overrides)
+    if args.init_from is not None:
+        import ml_collections
+
+        with config.unlocked():
+            if "train" not in config:
+                config.train = ml_collections.ConfigDict()
+            with config.train.unlocked():
+                config.train.init_from = args.init_from
     train(config, args.workdir, max_steps=args.max_steps)
     return 0

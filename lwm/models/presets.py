@@ -85,6 +85,47 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
+# LWM's released models (LargeWorldModel/LWM README and paper, arXiv 2402.08268): LLaMA-2 7B with
+# LWM's rms_norm_eps 1e-6 and each context stage's RoPE theta. Released Jax checkpoints load with
+# `lwm convert from-lwm PARAMS OUT --config <name>`; the text models also ship as HF (from-hf).
+_LWM_BASE = dict(
+    _LLAMA2_7B,
+    rms_norm_eps=1e-6,
+    scan_layers=True,
+    remat_policy="full",
+    param_dtype="float32",
+    dtype="bfloat16",
+    attention=dict(
+        backend="ring",
+        query_chunk_size=1024,
+        key_chunk_size=1024,
+        layout="zigzag",
+        ffn_chunk_size=2048,
+    ),
+)
+_LWM_VISION = dict(vision_vocab_size=8448, vision_eof_id=8192, vision_eov_id=8193)
+# context -> (max_sequence_length, RoPE theta) of LWM's text stages.
+_LWM_TEXT_STAGES = {
+    "32k": (32_768, 1_000_000.0),
+    "128k": (131_072, 10_000_000.0),
+    "256k": (262_144, 10_000_000.0),
+    "512k": (524_288, 25_000_000.0),
+    "1m": (1_048_576, 50_000_000.0),
+}
+for _ctx, (_len, _theta) in _LWM_TEXT_STAGES.items():
+    for _name in (f"lwm-text-{_ctx}", f"lwm-text-chat-{_ctx}"):
+        PRESETS[_name] = dict(_LWM_BASE, rope_theta=_theta, max_sequence_length=_len)
+# Vision-language models: every vision stage used theta 50M (paper, vision-language table).
+for _name, _len in (
+    ("lwm-1m", 1_048_576),
+    ("lwm-chat-1m", 1_048_576),
+    ("lwm-chat-128k", 131_072),
+    ("lwm-chat-32k", 32_768),
+):
+    PRESETS[_name] = dict(
+        _LWM_BASE, **_LWM_VISION, rope_theta=50_000_000.0, max_sequence_length=_len
+    )
+
 
 def model_preset(name: str) -> dict:
     """A deep copy of the preset's ModelConfig fields."""

@@ -81,6 +81,11 @@ class TrainConfig:
     wandb_project: str = ""
     """Also log metrics to this Weights & Biases project (needs `wandb`; `WANDB_MODE=offline`
     keeps the run local); "" = off."""
+    init_from: str = ""
+    """Start stage 1 from the params of this lwm checkpoint (converted HF/LWM model or a training
+    workdir) instead of random init; fresh optimizer; ignored once the workdir has a checkpoint."""
+    init_from_skip: tuple[str, ...] = ()
+    """Regexes on "/"-joined param paths left at their fresh init when using `init_from`."""
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:

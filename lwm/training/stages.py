@@ -23,10 +23,11 @@ from lwm.checkpoint import Checkpointer
 from lwm.models.config import ModelConfig
 from lwm.sharding import make_mesh
 from lwm.training.config import ResolvedStage, TrainConfig
+from lwm.training.init_from import initial_params
 from lwm.training.optimizer import make_optimizer, weight_decay_mask
 from lwm.training.run_spec import RunSpec
 from lwm.training.schedule import make_schedule
-from lwm.training.train_state import ModelDef, init_params, model_def, rng_data
+from lwm.training.train_state import ModelDef, model_def, rng_data
 from lwm.training.train_step import abstract_state, make_train_step, state_shardings
 
 # -- per-stage factories (also used by `lwm plan` and scripts/bench_train.py) ----------------
@@ -134,9 +135,10 @@ def _new_state(ctx: StageContext, params: Any, opt_state: Any = None, rng: Any =
     return jax.device_put({**state, "rng": rng}, sh)
 
 
-def init_state(ctx: StageContext) -> dict:
-    """Freshly initialised parameters (seed `train.seed`), directly in their shardings."""
-    return _new_state(ctx, init_params(ctx.mdef, ctx.spec.train.seed, ctx.mesh))
+def init_state(ctx: StageContext, log: Callable[[str], None] | None = None) -> dict:
+    """A run's first state, directly in its shardings: freshly initialised parameters (seed
+    `train.seed`), or those of `train.init_from` (lwm/training/init_from.py); fresh moments."""
+    return _new_state(ctx, initial_params(ctx.spec.train, ctx.mdef, ctx.mesh, log=log))
 
 
 def restore_state(
@@ -167,6 +169,7 @@ def enter_stage(
     *,
     resume: dict | None = None,
     prev_state: dict | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[dict, dict | None]:
     """The state stage `ctx` starts from, and the data-iterator state to continue (None: the
     stage's data from its beginning).
@@ -178,7 +181,7 @@ def enter_stage(
     if prev_state is not None:
         return carry_state(ctx, prev_state), None
     if resume is None:
-        return init_state(ctx), None
+        return init_state(ctx, log), None
     if int(resume["stage"]) == ctx.index:  # mid-stage restart: everything as it was
         return restore_state(ctx, ckpt)
     state, _ = restore_state(ctx, ckpt, params_only=ctx.stage.reset_optimizer)

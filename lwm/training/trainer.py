@@ -172,7 +172,11 @@ class Trainer:
         for si in range(first, len(spec.stages)):
             ctx = build_stage(spec, si, self.stage_starts[si])
             state, data_state = enter_stage(
-                ctx, ckpt, resume=resume if si == first else None, prev_state=state
+                ctx,
+                ckpt,
+                resume=resume if si == first else None,
+                prev_state=state,
+                log=self.log if self.primary else None,
             )
             end = self._run_stage(ctx, state, data_state)
             if end.preempted:
