@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import sys
 
+from lwm.checkpoint.policy import set_strict_default
 from lwm.config import split_config_overrides
 from lwm.errors import LwmError
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.config_overrides = overrides
+    set_strict_default(getattr(args, "strict", False))  # per invocation (in-process callers)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lwm.checkpoint.policy import add_strict_arg
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -38,6 +40,7 @@ def add_parser(subparsers) -> None:
         help="skip lengths beyond the checkpoint's max_sequence_length instead of failing",
     )
     p.add_argument("--title", default=None, help="heatmap title")
+    add_strict_arg(p)
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lwm.checkpoint.policy import add_strict_arg
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -27,6 +29,7 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="skip lengths beyond the checkpoint's max_sequence_length",
     )
+    add_strict_arg(p)
     p.set_defaults(func=run)
 
 

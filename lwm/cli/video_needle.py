@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lwm.checkpoint.policy import add_strict_arg
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -58,6 +60,7 @@ def add_parser(subparsers) -> None:
         help="skip lengths whose prompts exceed the checkpoint's max_sequence_length",
     )
     p.add_argument("--title", default=None, help="heatmap title")
+    add_strict_arg(p)
     p.set_defaults(func=run)
 
 

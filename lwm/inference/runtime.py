@@ -7,6 +7,7 @@ import pathlib
 import sys
 from collections.abc import Callable
 
+from lwm.checkpoint.policy import add_strict_arg
 from lwm.errors import LwmError
 
 TOKENIZER_FILENAMES = ("tokenizer.model",)
@@ -34,6 +35,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--template", default=None, help="JSON file overriding prompt template fields")
     p.add_argument("--system", default=None, help="system sentence of the prompt template")
+    add_strict_arg(p)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float = 0.0) -> None:

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lwm.checkpoint import Checkpointer
+from lwm.checkpoint import Checkpointer, UnreadableStepError
 from lwm.errors import ConfigError, LwmError
 from lwm.models.config import ModelConfig
 from lwm.sharding import make_mesh
@@ -132,6 +132,19 @@ def check_stage_shapes(model: ModelConfig, st: ResolvedStage, mesh: Mapping[str,
             chunk = min(getattr(attn, name), st.seq_len)
             if st.seq_len % chunk:
                 raise ConfigError(f"{where}: seq_len {st.seq_len} not divisible by {name} {chunk}")
+
+
+def check_resume_seq_len(meta: Mapping[str, Any], stages: list, workdir: pathlib.Path) -> None:
+    """A stage resumed midway must keep its sequence length (its data and schedule depend on
+    it); a finished stage may be followed by a longer one."""
+    st = stages[int(meta.get("stage", 0))]
+    saved = meta.get("seq_len")
+    if saved is not None and int(meta.get("stage_step", 0)) < st.steps and saved != st.seq_len:
+        raise LwmError(
+            f"workdir {workdir}: checkpoint step {meta.get('step')} is inside stage "
+            f"{st.index} trained at seq_len {saved}, the config now says seq_len {st.seq_len}; "
+            f"keep seq_len {saved} to resume, or use a new workdir"
+        )
 
 
 def stage_model_config(model: ModelConfig, st: ResolvedStage) -> ModelConfig:
@@ -265,6 +278,7 @@ class Trainer:
                 f"config "
                 f"has only {len(self.spec.stages)} stages"
             )
+        check_resume_seq_len(meta, self.spec.stages, self.workdir)
         return meta
 
     # -- main loop -------------------------------------------------------------------------
@@ -283,14 +297,18 @@ class Trainer:
             preserve_steps=self.stage_starts[1:],  # stage ends: later stages start from them
         )
         try:
-            resume = self._check_workdir(ckpt, fingerprint)
-            writer = MetricsWriter(self.workdir / "metrics.jsonl") if self.primary else None
-            if self.primary:
-                cfg_path = self.workdir / "config.json"
-                if resume is None or not cfg_path.exists():
-                    cfg_path.write_text(spec.config.to_json(indent=2))
-                writer.truncate_after(int(resume["step"]) if resume else 0)
-            return self._run_stages(ckpt, resume, fingerprint, writer)
+            while True:  # again from the previous step when the chosen one fails to read
+                resume = self._check_workdir(ckpt, fingerprint)
+                writer = MetricsWriter(self.workdir / "metrics.jsonl") if self.primary else None
+                if self.primary:
+                    cfg_path = self.workdir / "config.json"
+                    if resume is None or not cfg_path.exists():
+                        cfg_path.write_text(spec.config.to_json(indent=2))
+                    writer.truncate_after(int(resume["step"]) if resume else 0)
+                try:
+                    return self._run_stages(ckpt, resume, fingerprint, writer)
+                except UnreadableStepError:
+                    continue  # reported and marked: latest_step() now skips it
         finally:
             ckpt.close()
 
@@ -323,7 +341,9 @@ class Trainer:
                 if not resume_mid_stage and st.reset_optimizer:
                     target = {k: v for k, v in target.items() if k != "opt_state"}
                     restored, _, data_state = ckpt.restore(
-                        abstract_state=target["params"], subtree="params"
+                        int(prev_stage_meta["step"]),
+                        abstract_state=target["params"],
+                        subtree="params",
                     )
                     step_val = int(prev_stage_meta["step"])
                     state = {
@@ -336,7 +356,9 @@ class Trainer:
                     }
                     data_state = None
                 else:
-                    state, _, data_state = ckpt.restore(abstract_state=target)
+                    state, _, data_state = ckpt.restore(
+                        int(prev_stage_meta["step"]), abstract_state=target
+                    )
                     if not resume_mid_stage:
                         data_state = None
                 state = jax.device_put(state, st_sh)
@@ -422,6 +444,7 @@ class Trainer:
                 "param_fingerprint": fingerprint,
                 "model_config": mdef.config.to_dict(),
                 "mesh": dict(mesh.shape),
+                "seq_len": st.seq_len,
             }
 
         last: dict[str, float] = {}
@@ -476,7 +499,7 @@ class Trainer:
                     ckpt.wait()
                     preempted = True
                     if self.primary:
-                        why = "SIGTERM" if stop.requested else "max_steps"
+                        why = stop.name if stop.requested else "max_steps"
                         self.log(f"lwm train: {why}: saved step {step}, exiting")
                     break
         if bar is not None:
