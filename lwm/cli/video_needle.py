@@ -47,6 +47,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results directory (resumed if it exists)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results in --out from a different run (other grid, model or options)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="prompts answered together")
     p.add_argument("--encode-batch", type=int, default=16, help="frames per VQGAN encode call")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: answer length + 8")
@@ -105,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         skip_too_long=args.skip_too_long,
         warn=lambda m: print(f"lwm video-needle: warning: {m}", file=sys.stderr),
         title=args.title,
+        overwrite=args.overwrite,
     )
     print(table)
     return 0

@@ -24,7 +24,12 @@ from typing import Any
 from lwm.data.needles import Haystack, NeedleTask, make_needle_task
 from lwm.data.tokenizer import Tokenizer
 from lwm.errors import LwmError
-from lwm.evals.results import RESULTS_FILE, log_records, open_results_dir
+from lwm.evals.results import (
+    RESULTS_FILE,
+    grid_identity,
+    log_records,
+    open_results_dir,
+)
 
 AnswerFn = Callable[[list[list[int]], int], list[list[int]]]
 """`(prompts, max_new_tokens) -> generated ids per prompt` (greedy)."""
@@ -194,6 +199,7 @@ def run_needle_eval(
     identity: dict | None = None,
     progress: bool = True,
     desc: str = "needle",
+    overwrite: bool = False,
 ) -> list[dict]:
     """Answers every missing sample of the grid, appending to `out_dir/results.jsonl`; returns
     the records of this grid (earlier and new). `identity` (e.g. the checkpoint) is stored with
@@ -204,8 +210,9 @@ def run_needle_eval(
         "spec": dataclasses.asdict(spec),
         "tokenizer": str(tokenizer.path),
         "max_new_tokens": max_new_tokens,
+        "grid": grid_identity(lengths, depths, samples),
     }
-    done = open_results_dir(out, ident, what="needle")
+    done = open_results_dir(out, ident, what="needle", overwrite=overwrite)
     haystack = load_haystack(spec.haystack)
     jobs = grid_jobs(lengths, depths, samples)
     results_path = out / RESULTS_FILE

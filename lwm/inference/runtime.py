@@ -111,6 +111,16 @@ def load_tokenizer(path: str | None, checkpoint: str):
     )
 
 
+def check_tokenizer_fits(tokenizer, vocab_size: int, where: str = "the model") -> None:
+    """Refuses a tokenizer whose ids can exceed the model's embedding table (the model would
+    read garbage rows for them and score or answer nonsense without any error)."""
+    if tokenizer.vocab_size > vocab_size:
+        raise LwmError(
+            f"tokenizer has {tokenizer.vocab_size} pieces but {where} only {vocab_size} tokens "
+            "(a tokenizer of another model?)"
+        )
+
+
 def load_template(args: argparse.Namespace):
     import dataclasses
 
