@@ -303,4 +303,169 @@ def test_train_help_documents_exit_codes(capsys):
     assert "75 interrupted by SIGTERM or SIGINT" in out and "resumable" in out
 
 
-_ = np  # numpy is used by later sections
+# -- silent wrong results --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_assets(tmp_path_factory):
+    """A 300-piece tokenizer, a model of that vocabulary, one of 64 tokens (too small), a text."""
+    from lwm.data.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("text")
+    words = "the a bike rider road video frame person rides fast slow red blue what who is".split()
+    rng = np.random.default_rng(0)
+    text = root / "corpus.txt"
+    text.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(300)) + "\n")
+    tok = train_tokenizer([text], 300, root / "tok.model")
+    cfg = TINY.replace(vocab_size=tok.vocab_size, max_sequence_length=512)
+    fits = root / "fits"
+    save_model(fits, random_model(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    small = root / "small"
+    small_cfg = TINY.replace(max_sequence_length=512)
+    save_model(small, random_model(lambda: Transformer(small_cfg, rngs=nnx.Rngs(0))))
+    nan = root / "nan"
+    save_model(nan, random_model(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), std=float("nan")))
+    return dict(root=root, tok=root / "tok.model", text=text, fits=fits, small=small, nan=nan)
+
+
+def _needle(a, ckpt, out, *extra):
+    return [
+        "needle",
+        "--checkpoint",
+        str(ckpt),
+        "--tokenizer",
+        str(a["tok"]),
+        "--out",
+        str(out),
+    ] + [
+        "--lengths",
+        "256",
+        "--depths",
+        "0,1",
+        "--max-new-tokens",
+        "4",
+        *extra,
+    ]
+
+
+def _ppl(a, ckpt, out, *extra):
+    args = ["perplexity", "--checkpoint", str(ckpt), "--tokenizer", str(a["tok"])]
+    return [*args, "--text", str(a["text"]), "--lengths", "32", "--segment", "8", "--out"] + [
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("command", ["needle", "perplexity"])
+def test_tokenizer_larger_than_vocab_refused(text_assets, tmp_path, capsys, command):
+    out = tmp_path / "out"
+    make = _needle if command == "needle" else _ppl
+    rc = main(make(text_assets, text_assets["small"], out))
+    one_line_error(capsys, 2, rc, f"lwm {command}: error: tokenizer has 300 pieces but", "64")
+    assert not out.exists()
+
+
+def test_perplexity_json_is_strict_json(text_assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_ppl(text_assets, text_assets["nan"], out)) == 0
+    raw = (out / "perplexity.json").read_text()
+
+    def refuse(name):
+        raise AssertionError(f"{name} in perplexity.json")
+
+    data = json.loads(raw, parse_constant=refuse)
+    assert data["points"][0]["nll"] is None  # NaN written as null
+    assert "nan" in capsys.readouterr().out
+
+
+def test_perplexity_other_run_refused_then_overwrite(text_assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_ppl(text_assets, text_assets["fits"], out)) == 0
+    before = digest(out)
+    capsys.readouterr()
+    other = _ppl(text_assets, text_assets["fits"], out)
+    other[other.index("--segment") + 1] = "4"
+    rc = main(other)
+    one_line_error(capsys, 2, rc, "holds perplexity results of a different eval", "segment: 8")
+    assert digest(out) == before
+    assert main(_ppl(text_assets, text_assets["fits"], out)) == 0  # same run: read back
+    assert digest(out) == before
+    assert main([*other, "--overwrite"]) == 0
+    assert json.loads((out / "perplexity.json").read_text())["segment"] == 4
+
+
+def test_needle_other_grid_refused(text_assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_needle(text_assets, text_assets["fits"], out)) == 0
+    before = digest(out)
+    capsys.readouterr()
+    other = _needle(text_assets, text_assets["fits"], out)
+    other[other.index("--lengths") + 1] = "224"
+    rc = main(other)
+    one_line_error(capsys, 2, rc, "different eval (grid.lengths: [256] there, [224] now)")
+    assert digest(out) == before
+    assert main([*other, "--overwrite"]) == 0
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["length"] for r in records} == {224}  # the old grid is gone, not mixed in
+
+
+def test_generate_says_when_max_new_tokens_is_cut(two_step_models, capsys):
+    rc = main(_generate(two_step_models[1])[:-1] + ["100"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 0
+    assert err == (
+        "lwm generate: note: --max-new-tokens 100 cut to 61: the prompt has 3 tokens and "
+        "max_sequence_length is 64"
+    )
+
+
+def test_from_hf_refuses_top_level_linear_rope_scaling(tmp_path, capsys):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 64,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "rope_scaling": {"type": "linear", "factor": 4.0},
+    }
+    (hf / "config.json").write_text(json.dumps(config))
+    before = digest(tmp_path)
+    rc = main(["convert", "from-hf", str(hf), str(tmp_path / "out")])
+    one_line_error(capsys, 2, rc, "unsupported RoPE scaling rope_scaling.type='linear'")
+    assert digest(tmp_path) == before
+
+
+def test_video_tokenize_error_leaves_no_empty_out(tmp_path):
+    from lwm.errors import LwmError
+    from lwm.video.tokenize import tokenize_files
+
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 500)
+    out = tmp_path / "out.jsonl"
+    kw = dict(resolution=16, codebook_size=16, show_progress=False, frames=2)
+    with pytest.raises(LwmError, match="broken.mp4"):
+        tokenize_files(lambda x: x, [bad], out, **kw)
+    assert not out.exists()  # nothing left to block the rerun
+    out.write_text('{"source": "kept"}\n')
+    before = digest(out)
+    with pytest.raises(LwmError, match="broken.mp4"):
+        tokenize_files(lambda x: x, [bad], out, overwrite=True, **kw)
+    assert digest(out) == before  # --overwrite that fails keeps the old file
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_shared_files_are_0644(tmp_path, text_assets):
+    from lwm.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([text_assets["text"]], 300, tmp_path / "t.model")
+    assert (tok.path.stat().st_mode & 0o777) == 0o644
+    assert main(["convert", "to-hf", str(text_assets["fits"]), str(tmp_path / "hf")]) == 0
+    for f in (tmp_path / "hf").iterdir():
+        assert (f.stat().st_mode & 0o777) == 0o644, f

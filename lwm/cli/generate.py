@@ -46,12 +46,12 @@ def _parse_ids(text: str) -> list[int]:
 def _note_cut(prompts: list[list[int]], max_new: int, limit: int, truncate: bool) -> None:
     """Says (one stderr line) when generation will stop at max_sequence_length before
     --max-new-tokens: the sampler stops there silently."""
-    longest = max(len(p) for p in prompts)
+    keep = max(1, limit - max_new)  # what --truncate leaves of a prompt over the limit
+    lengths = [min(len(p), keep) if truncate and len(p) > limit else len(p) for p in prompts]
+    longest = max(lengths)
     if longest > limit:
-        return  # refused (or truncated to fit) by the sampler
+        return  # refused by the sampler
     room = limit - longest
-    if truncate and longest > limit - max_new:
-        return  # --truncate keeps room for every new token
     if room < max_new:
         print(
             f"lwm generate: note: --max-new-tokens {max_new} cut to {room}: the prompt has "

@@ -10,10 +10,10 @@ from __future__ import annotations
 import io
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable, Sequence
 
 from lwm.errors import LwmError
+from lwm.io import write_bytes
 
 VISION_START = "<vision>"
 VISION_END = "</vision>"
@@ -143,9 +143,5 @@ def train_tokenizer(
         raise LwmError(
             f"sentencepiece training failed: {str(e).strip().splitlines()[-1]}"
         ) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, out)
+    write_bytes(out, buf.getvalue())  # atomic, 0644: a tokenizer is shared with the model
     return Tokenizer(out)
