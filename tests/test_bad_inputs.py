@@ -469,3 +469,48 @@ def test_shared_files_are_0644(tmp_path, text_assets):
     assert main(["convert", "to-hf", str(text_assets["fits"]), str(tmp_path / "hf")]) == 0
     for f in (tmp_path / "hf").iterdir():
         assert (f.stat().st_mode & 0o777) == 0o644, f
+
+
+# -- one line instead of a traceback -----------------------------------------------------------
+
+BAD_JSONL = {
+    "empty": (b"", [], "no examples in", "(empty: no records)"),
+    "non-UTF-8": (b'\xff\xfe{"text": "a"}\n', [], ".jsonl:1: not UTF-8 (byte 0xff at offset 0)"),
+    "non-UTF-8 --skip-bad": (
+        b'\xff{"text": "a"}\n{"other": 1}\n',
+        ["--skip-bad"],
+        "no examples in",
+        "all 2 non-empty lines bad, skipped by --skip-bad",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_JSONL))
+def test_data_build_bad_jsonl(text_assets, tmp_path, capsys, case):
+    data, extra, *needles = BAD_JSONL[case]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(data)
+    before = digest(tmp_path)
+    out = tmp_path / "ds"
+    args = ["data", "build", "--input", str(src), "--tokenizer", str(text_assets["tok"])]
+    rc = main([*args, "--out", str(out), *extra])
+    one_line_error(capsys, 2, rc, "lwm data: error:", *needles)
+    assert digest(tmp_path) == before  # no dataset, no temporary folder
+
+
+def test_non_literal_override_of_none_field(tmp_path, capsys):
+    wd = tmp_path / "wd"
+    rc = main(_train_args(wd, "--config.model.attention.causal_block_size=abc"))
+    one_line_error(
+        capsys,
+        2,
+        rc,
+        "--config.model.attention.causal_block_size: expected int | None, got 'abc'",
+    )
+    assert not wd.exists()
+
+
+def test_error_hints_spell_the_flag(two_step_models, capsys):
+    ids = ",".join(["1"] * 70)
+    rc = main(["generate", "--checkpoint", str(two_step_models[1]), "--prompt-ids", ids])
+    one_line_error(capsys, 2, rc, "longer than the model's max_sequence_length 64", "--truncate")
