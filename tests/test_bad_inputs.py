@@ -514,3 +514,10 @@ def test_error_hints_spell_the_flag(two_step_models, capsys):
     ids = ",".join(["1"] * 70)
     rc = main(["generate", "--checkpoint", str(two_step_models[1]), "--prompt-ids", ids])
     one_line_error(capsys, 2, rc, "longer than the model's max_sequence_length 64", "--truncate")
+
+
+def test_data_path_with_synthetic_source_refused(tmp_path, capsys):
+    wd = tmp_path / "wd"
+    rc = main(_train_args(wd, f"--config.data.path={tmp_path}"))
+    one_line_error(capsys, 2, rc, "data.source is 'synthetic'", "--config.data.source=dataset")
+    assert not wd.exists()

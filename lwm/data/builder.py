@@ -25,6 +25,7 @@ import numpy as np
 from lwm.data.fields import ExampleEncoder
 from lwm.data.tokenizer import Tokenizer
 from lwm.errors import LwmError
+from lwm.io import write_bytes
 
 DATASET_NAME = "lwm_tokens"
 DATASET_VERSION = "1.0.0"
@@ -149,6 +150,9 @@ def _one_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+TOKENIZER_FILE = "tokenizer.model"
+
+
 def _make_builder_class():
     import tensorflow_datasets as tfds
 
@@ -167,6 +171,15 @@ def _make_builder_class():
             self._skip_bad = skip_bad
             self.stats = BuildStats()
             super().__init__(**kw)
+
+        # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared
+        # to <temporary dir>": nothing is downloaded and that folder is renamed; `lwm data build`
+        # reports what it wrote itself.
+        def _log_download_bytes(self) -> None:
+            pass
+
+        def _log_download_done(self) -> None:
+            pass
 
         def _info(self):
             seq = tfds.features.Tensor(shape=(None,), dtype=np.int32)
@@ -294,6 +307,8 @@ def build_dataset(
         meta = json.loads((built / "metadata.json").read_text())
         if meta["num_examples"] == 0:
             raise LwmError(f"no examples in {', '.join(map(str, files))}")
+        # The dataset carries its tokenizer: training on it and later commands need no path.
+        write_bytes(built / TOKENIZER_FILE, pathlib.Path(tok.path).read_bytes())
         if out.exists():
             shutil.rmtree(out)
         os.replace(built, out)

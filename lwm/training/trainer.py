@@ -42,8 +42,16 @@ from lwm.training.train_step import (
     make_train_step,
     state_shardings,
 )
+from lwm.training.workdir_tokenizer import copy_tokenizer_to_workdir
 
-OWN_FILES = {"config.json", "metrics.jsonl", "metrics.jsonl.tmp", "loss_curve.png", "checkpoints"}
+OWN_FILES = {
+    "config.json",
+    "metrics.jsonl",
+    "metrics.jsonl.tmp",
+    "loss_curve.png",
+    "checkpoints",
+    "tokenizer.model",
+}
 
 
 @dataclasses.dataclass
@@ -101,6 +109,11 @@ def parse_run(
             check_stage_shapes(model, st, shape)
     data = config.get("data") or {}
     data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    if data.get("source", "synthetic") == "synthetic" and data.get("path"):
+        raise ConfigError(
+            f"data.path is {data['path']!r} but data.source is 'synthetic' (it would be "
+            "ignored); add --config.data.source=dataset"
+        )
     return RunSpec(config, model, train, stages, meshes, data)
 
 
@@ -305,6 +318,7 @@ class Trainer:
                     if resume is None or not cfg_path.exists():
                         cfg_path.write_text(spec.config.to_json(indent=2))
                     writer.truncate_after(int(resume["step"]) if resume else 0)
+                    copy_tokenizer_to_workdir(spec.data, self.workdir, self.log)
                 try:
                     return self._run_stages(ckpt, resume, fingerprint, writer)
                 except UnreadableStepError:
