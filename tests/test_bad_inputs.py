@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -49,11 +50,15 @@ def digest(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
+_TQDM = re.compile(r"[^\n]*\d+%\|[^|]*\| \d+/\d+ \[[^\]]*\]")  # a progress bar's text
+
+
 def one_line_error(capsys, code: int, rc: int, *needles: str) -> str:
-    """Asserts exit `code` and a single stderr line holding every needle; returns the line."""
-    err = capsys.readouterr().err.strip()
+    """Asserts exit `code` and a single stderr line holding every needle (progress bars, which
+    go to stderr too, aside); returns the line."""
+    err = capsys.readouterr().err
     assert rc == code, err
-    lines = err.splitlines()
+    lines = [x for x in _TQDM.sub("", err).splitlines() if x.strip()]
     assert len(lines) == 1, err
     for n in needles:
         assert n in lines[0], lines[0]
@@ -521,3 +526,129 @@ def test_data_path_with_synthetic_source_refused(tmp_path, capsys):
     rc = main(_train_args(wd, f"--config.data.path={tmp_path}"))
     one_line_error(capsys, 2, rc, "data.source is 'synthetic'", "--config.data.source=dataset")
     assert not wd.exists()
+
+
+# -- truncated but readable videos -------------------------------------------------------------
+
+VQ = dict(
+    name="vqgan_test",
+    resolution=16,
+    base_channels=8,
+    channel_multipliers=(1, 2),
+    num_res_blocks=1,
+    norm_groups=4,
+    codebook_size=16,
+    embed_dim=8,
+)
+
+
+def _truncated_mp4(path: pathlib.Path) -> pathlib.Path:
+    """40 frames at 10 fps with the index up front (faststart), cut in half: the header still
+    claims 4 s / 40 frames, 11 decode."""
+    from fractions import Fraction
+
+    import av
+    from video_helpers import index_frame
+
+    full = path.with_name("full.mp4")
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=Fraction(10))
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.options = {"crf": "10", "preset": "ultrafast", "g": "12"}
+        for i in range(40):
+            for p in s.encode(av.VideoFrame.from_ndarray(index_frame(i, 32, 32), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    full.unlink()
+    return path
+
+
+@pytest.fixture(scope="module")
+def vision_assets(tmp_path_factory, text_assets):
+    from lwm.checkpoint import Checkpointer
+    from lwm.data.tokenizer import Tokenizer
+    from lwm.video.config import VQGANConfig
+    from lwm.video.vqgan import VQGAN
+    from lwm.video.vqgan_checkpoint import state_tree, vqgan_metadata
+
+    root = tmp_path_factory.mktemp("vision")
+    tok = Tokenizer(text_assets["tok"])
+    cfg = TINY.replace(
+        vocab_size=tok.vocab_size,
+        max_sequence_length=1024,
+        vision_vocab_size=18,
+        vision_eof_id=16,
+        vision_eov_id=17,
+    )
+    ckpt = root / "vision_ckpt"
+    save_model(ckpt, random_model(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    shutil.copy(tok.path, ckpt / "tokenizer.model")
+    vq_dir = root / "vqgan"
+    vcfg = VQGANConfig(**VQ)
+    with Checkpointer(vq_dir, async_save=False) as ck:
+        vq = random_model(lambda: VQGAN(vcfg, rngs=nnx.Rngs(0)), std=0.1)
+        ck.save(0, {"model": state_tree(vq)}, metadata=vqgan_metadata(vcfg), force=True)
+    clips = root / "clips"
+    clips.mkdir()
+    video = _truncated_mp4(clips / "cut.mp4")
+    return dict(ckpt=ckpt, vqgan=vq_dir, video=video, clips=clips)
+
+
+SHORT = "cut.mp4: truncated video: 11 of the 40 frames its header claims for [0, 4)s decode"
+
+
+def _video_cmd(kind, a, out):
+    if kind == "video tokenize":
+        return ["video", "tokenize", "--vqgan", str(a["vqgan"]), "--input", str(a["video"])] + [
+            "--out",
+            str(out / "codes.jsonl"),
+            "--frames",
+            "8",
+            "--no-progress",
+            "--eof-id",
+            "16",
+            "--eov-id",
+            "17",
+        ]
+    if kind == "chat":
+        args = ["chat", "--checkpoint", str(a["ckpt"]), "--vqgan", str(a["vqgan"])]
+        return [*args, "--video", str(a["video"]), "--frames", "8", "--question", "what?"] + [
+            "--max-new-tokens",
+            "2",
+        ]
+    args = ["video-needle", "--checkpoint", str(a["ckpt"]), "--vqgan", str(a["vqgan"])]
+    return [*args, "--haystack", str(a["clips"]), "--clip-frames", "8", "--lengths", "8"] + [
+        "--depths",
+        "0",
+        "--out",
+        str(out / "vn"),
+        "--max-new-tokens",
+        "2",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["video tokenize", "chat", "video-needle"])
+def test_truncated_video_refused(vision_assets, tmp_path, capsys, kind):
+    out = tmp_path / "out"
+    out.mkdir()
+    before = digest(vision_assets["clips"])
+    capsys.readouterr()
+    rc = main(_video_cmd(kind, vision_assets, out))
+    line = one_line_error(capsys, 2, rc, SHORT, "pass --allow-short")
+    assert line.startswith(f"lwm {kind.split()[0]}: error: ")
+    assert list(out.iterdir()) == []  # nothing written
+    assert digest(vision_assets["clips"]) == before
+
+
+def test_truncated_video_allowed_with_warning(vision_assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = main([*_video_cmd("video tokenize", vision_assets, out), "--allow-short"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 0
+    assert len(err) == 1 and "warning" in err[0] and SHORT in err[0] and "--allow-short" in err[0]
+    (record,) = [json.loads(x) for x in (out / "codes.jsonl").read_text().splitlines()]
+    assert record["n_frames"] == 8 and record["timestamps"][-1] == 1.0  # padded, but said so

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from lwm.checkpoint.policy import add_strict_arg
+from lwm.video.policy import add_allow_short_arg
 
 
 def add_parser(subparsers) -> None:
@@ -66,6 +67,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--title", default=None, help="heatmap title")
     add_strict_arg(p)
+    add_allow_short_arg(p)
     p.set_defaults(func=run)
 
 

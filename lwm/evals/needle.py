@@ -29,6 +29,7 @@ from lwm.evals.results import (
     grid_identity,
     log_records,
     open_results_dir,
+    undo_new_dir_on_error,
 )
 
 AnswerFn = Callable[[list[list[int]], int], list[list[int]]]
@@ -212,6 +213,7 @@ def run_needle_eval(
         "max_new_tokens": max_new_tokens,
         "grid": grid_identity(lengths, depths, samples),
     }
+    existed = out.exists()
     done = open_results_dir(out, ident, what="needle", overwrite=overwrite)
     haystack = load_haystack(spec.haystack)
     jobs = grid_jobs(lengths, depths, samples)
@@ -222,7 +224,7 @@ def run_needle_eval(
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, dynamic_ncols=True)
-    with open(results_path, "a", encoding="utf-8") as f:
+    with undo_new_dir_on_error(out, existed), open(results_path, "a", encoding="utf-8") as f:
         for batch, n_real in padded_batches(todo, batch_size):
             tasks = [make_task(tokenizer, haystack, spec, j) for j in batch[:n_real]]
             prompts = [build_prompt(tokenizer, t) for t in tasks]

@@ -12,10 +12,11 @@ computed with (the grid included: two grids never mix in one file).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lwm.errors import LwmError
@@ -163,6 +164,24 @@ def grid_identity(lengths: Sequence[int], depths: Sequence[float], samples: int)
         "depths": [round(float(d), 6) for d in depths],
         "samples": int(samples),
     }
+
+
+@contextlib.contextmanager
+def undo_new_dir_on_error(out_dir: str | os.PathLike, existed: bool) -> Iterator[None]:
+    """An error before the first result leaves nothing behind: a results folder this run
+    created is removed again if `results.jsonl` is still empty (answers written are kept, for
+    a resume)."""
+    out = pathlib.Path(out_dir)
+    try:
+        yield
+    except BaseException:
+        results = out / RESULTS_FILE
+        if not existed and (not results.exists() or results.stat().st_size == 0):
+            for name in (RESULTS_FILE, CONFIG_FILE):
+                (out / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if nothing else is in it
+        raise
 
 
 def log_records(f, done: dict, records: Sequence[dict], jobs: Sequence[Any], bar) -> None:

@@ -51,6 +51,7 @@ from lwm.evals.results import (
     grid_identity,
     log_records,
     open_results_dir,
+    undo_new_dir_on_error,
 )
 from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate, question_suffix, video_prefix
 from lwm.io import write_json
@@ -394,6 +395,7 @@ def run_video_needle_eval(
         "max_new_tokens": max_new_tokens,
         "grid": grid_identity(lengths, depths, samples),
     }
+    existed = out.exists()
     done = open_results_dir(out, ident, what="video needle", overwrite=overwrite)
     jobs = grid_jobs(lengths, depths, samples)
     results_path = out / RESULTS_FILE
@@ -403,7 +405,7 @@ def run_video_needle_eval(
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="video needle")
-    with open(results_path, "a", encoding="utf-8") as f:
+    with undo_new_dir_on_error(out, existed), open(results_path, "a", encoding="utf-8") as f:
         for batch, n_real in padded_batches(todo, batch_size):
             tasks = [ev.task(j) for j in batch[:n_real]]
             prompts = [ev.prompt(t, codes) for t in tasks]
