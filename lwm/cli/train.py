@@ -9,9 +9,10 @@ from lwm.checkpoint.policy import add_strict_arg
 
 EXIT_CODES = (
     "exit status: 0 done (or --max-steps reached, checkpoint saved); 2 bad input (one line, "
-    "nothing changed); 75 interrupted by SIGTERM or SIGINT (Ctrl-C) after saving the current "
-    "step: resumable, rerun the same command; 130 a second Ctrl-C: stopped without saving "
-    "(a rerun resumes from the last periodic checkpoint)"
+    "nothing changed); 3 another process of a multi-process job died (rerun every process to "
+    "resume from the last checkpoint); 75 interrupted by SIGTERM or SIGINT (Ctrl-C) after saving "
+    "the current step: resumable, rerun the same command; 130 a second Ctrl-C: stopped without "
+    "saving (a rerun resumes from the last periodic checkpoint)"
 )
 
 
@@ -51,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from lwm.training.trainer import train
 
     config = load_config(args.config, args.config_overrides)
-    result = train(config, args.workdir, max_steps=args.max_steps)
+    try:
+        result = train(config, args.workdir, max_steps=args.max_steps)
+    except Exception as e:  # noqa: BLE001 - a dead peer: one line and out, no shutdown hang
+        from lwm.training.peer_watchdog import exit_on_peer_failure
+
+        exit_on_peer_failure(e, "train")
+        raise
     signal_name = take_stop_signal()
     by_max_steps = args.max_steps is not None and result.step >= args.max_steps
     if result.preempted and (signal_name or not by_max_steps):
