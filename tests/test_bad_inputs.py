@@ -31,6 +31,9 @@ TRAIN_FAST = [
     "--config.train.progress_bar=False",
     "--config.train.peak_flops=1e12",
     "--config.train.log_every=1",
+    "--config.model.num_layers=1",  # smaller than train_debug: less to compile
+    "--config.model.hidden_size=32",
+    "--config.model.intermediate_size=64",
 ]
 
 
@@ -118,33 +121,54 @@ DAMAGE = {
 }
 
 
-@pytest.fixture(scope="module")
-def step3_answer(two_step_models):
-    _, only3 = two_step_models
+def _run_out(argv) -> str:
     import contextlib
     import io
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(_generate(only3)) == 0
+        assert main(argv) == 0
     return out.getvalue()
 
 
-@pytest.mark.parametrize("how", list(DAMAGE))
-def test_damaged_newest_step_falls_back(tmp_path, two_step_models, step3_answer, capsys, how):
+@pytest.fixture(scope="module")
+def step3_outputs(two_step_models, tmp_path_factory):
+    """What the intact step-3-only checkpoint gives: greedy ids, and its HF export."""
+    _, only3 = two_step_models
+    hf = tmp_path_factory.mktemp("hf3") / "hf"
+    _run_out(["convert", "to-hf", str(only3), str(hf)])
+    return {
+        "generate": _run_out(_generate(only3)),
+        "to-hf": (hf / "model.safetensors").read_bytes(),
+    }
+
+
+# Every damage through `convert to-hf` (no compile: cheap), the worst one through `generate` too.
+FALLBACK_CASES = [(how, "to-hf") for how in DAMAGE] + [("truncated data file", "generate")]
+
+
+@pytest.mark.parametrize("how,command", FALLBACK_CASES)
+def test_damaged_newest_step_falls_back(
+    tmp_path, two_step_models, step3_outputs, capsys, how, command
+):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(two_step_models[0], ckpt)
     _damage(ckpt / "6", how)
     before = digest(ckpt)
     capsys.readouterr()
-    rc = main(_generate(ckpt))
+    hf = tmp_path / "hf"
+    argv = _generate(ckpt) if command == "generate" else ["convert", "to-hf", str(ckpt), str(hf)]
+    rc = main(argv)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("checkpoint step 6 unreadable (") and DAMAGE[how] in lines[0]
     assert lines[0].endswith("; using step 3")
-    assert captured.out == step3_answer  # step 3's weights answered
+    if command == "generate":
+        assert captured.out == step3_outputs["generate"]  # step 3's weights answered
+    else:
+        assert (hf / "model.safetensors").read_bytes() == step3_outputs["to-hf"]
     assert digest(ckpt) == before  # nothing deleted or written
 
 
@@ -198,7 +222,7 @@ def _train_args(wd, *extra):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, compile_cache):
     """train_debug run to step 4 with checkpoints at 2 and 4 (in-process)."""
     wd = tmp_path_factory.mktemp("train") / "wd"
     assert main(_train_args(wd, "--max-steps", "4", "--config.train.save_every=2")) == 0
@@ -252,12 +276,47 @@ def test_resume_with_other_seq_len_refused(tmp_path, trained, capsys):
     before = digest(wd)
     capsys.readouterr()
     rc = main(_train_args(wd, "--max-steps", "6", "--config.train.seq_len=64"))
-    one_line_error(capsys, 2, rc, "seq_len 64", "seq_len 128", "step 4")
+    one_line_error(capsys, 2, rc, "seq_len 64", "seq_len 128", "step 4")  # was 128
     assert digest(wd) == before
 
 
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent compilation cache shared by this module's training runs, in this process and
+    in the signal tests' subprocesses (each train step is compiled once)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    path = str(tmp_path_factory.mktemp("xla_cache"))
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    old = {n: getattr(jax.config, n) for n in names}
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    cc.reset_cache()
+    yield path
+    for n, v in old.items():
+        jax.config.update(n, v)
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def subprocess_env(compile_cache):
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=compile_cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_and_exits_resumable(tmp_path, trained, sig):
+def test_signal_saves_and_exits_resumable(tmp_path, trained, subprocess_env, sig):
     """SIGTERM and Ctrl-C both save the current step and exit 75 ("interrupted, resumable")."""
     wd = tmp_path / "wd"
     shutil.copytree(trained, wd)  # resumes at step 5: no periodic save before 20
@@ -271,7 +330,7 @@ def test_signal_saves_and_exits_resumable(tmp_path, trained, sig):
                 *_train_args(wd, "--config.train.save_every=100"),
             ],
             cwd=REPO,
-            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            env=subprocess_env,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )

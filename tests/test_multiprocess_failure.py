@@ -25,6 +25,12 @@ FAST = [
     "--config.train.log_every=1",
     "--config.train.save_every=2",
     f"--config.train.steps={STEPS}",
+    # A smaller model than train_debug's: the compiles are most of this test's time.
+    "--config.model.num_layers=1",
+    "--config.model.hidden_size=32",
+    "--config.model.intermediate_size=64",
+    "--config.train.seq_len=64",
+    "--config.train.batch_tokens=256",
 ]
 
 pytestmark = pytest.mark.multiprocess
