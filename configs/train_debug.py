@@ -1,7 +1,12 @@
-"""Training on the `debug` model preset: a few CPU-seconds, synthetic data, one stage."""
+"""Training on the `debug` model preset: a few CPU-seconds, one stage.
 
-import ml_collections
+Synthetic data by default; a dataset made by `lwm data build` with
+`--config.data.source=dataset --config.data.path=DIR` (every `config.data` field is there to
+override; see lwm/data/config.py). The model's vocabulary must hold the tokenizer's pieces
+(`--config.model.vocab_size=N`).
+"""
 
+from lwm.data.config import default_data_config
 from lwm.models.presets import base_config
 from lwm.training.config import default_train_section
 
@@ -19,5 +24,6 @@ def get_config():
         log_every=1,
     )
     config.stages = []
-    config.data = ml_collections.ConfigDict(dict(source="synthetic", vision_fraction=0.0))
+    config.data = default_data_config()
+    config.data.source = "synthetic"
     return config

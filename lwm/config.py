@@ -62,6 +62,65 @@ def load_config_file(name_or_path: str) -> ml_collections.ConfigDict:
     return config
 
 
+# The typed dataclass behind each top-level section, for the declared type of a field whose value
+# in the config is None (its Python value says nothing about what it may hold).
+_TYPED_SECTIONS = {
+    "model": ("lwm.models.config", "ModelConfig"),
+    "train": ("lwm.training.config", "TrainConfig"),
+    "data": ("lwm.data.config", "DataConfig"),
+}
+
+
+def declared_type(key: str) -> Any | None:
+    """The annotation of `--config.KEY`'s field in its typed section (`model.attention.x` ->
+    `AttentionConfig.x`), or None when it is not a dataclass field we know."""
+    import dataclasses
+    import importlib
+    import typing
+
+    parts = key.split(".")
+    if parts[0] not in _TYPED_SECTIONS or len(parts) < 2:
+        return None
+    module, name = _TYPED_SECTIONS[parts[0]]
+    try:
+        cls: Any = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    for i, part in enumerate(parts[1:]):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001 - an annotation we cannot resolve: no opinion
+            return None
+        if part not in hints:
+            return None
+        hint = hints[part]
+        if i == len(parts) - 2:
+            return hint
+        inner = [a for a in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(a)]
+        cls = inner[0] if inner else None
+    return None
+
+
+def _admits_str(hint: Any) -> bool:
+    import typing
+
+    if hint is Any or hint is str:
+        return True
+    args = typing.get_args(hint)
+    return any(_admits_str(a) for a in args) if args else False
+
+
+def _type_name(hint: Any) -> str:
+    import typing
+
+    args = typing.get_args(hint)
+    if args:
+        return " | ".join(_type_name(a) for a in args)
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
 def _parse_value(key: str, text: str, current: Any) -> Any:
     if isinstance(current, bool):
         lowered = text.strip().lower()
@@ -87,7 +146,12 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         if current is None:
-            return text  # an unset field given a bare word: take it as a string
+            declared = declared_type(key)
+            if declared is None or _admits_str(declared):
+                return text  # an unset field given a bare word: take it as a string
+            raise ConfigError(
+                f"--config.{key}: expected {_type_name(declared)}, got {text!r}"
+            ) from None
         raise ConfigError(f"--config.{key}: expected a Python literal, got {text!r}") from None
     if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
         return type(current)(value)

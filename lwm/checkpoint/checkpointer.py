@@ -11,18 +11,25 @@ Restoring takes an optional `abstract_state` (a pytree of `jax.ShapeDtypeStruct`
 of arrays whose shardings are reused): the arrays are read directly onto those shardings, which may
 belong to a different mesh than the one that saved. Without it, leaves come back as numpy arrays.
 `subtree=` restores only part of the state (e.g. `"params"` out of a full train state).
+
+Damaged steps (a truncated data file, a deleted `metadata`, `state/` or `state/_METADATA`): when
+no step is named, the newest *readable* step is used and the skipped one is reported in one line
+(`step 6 unreadable (...); using step 3`); `strict=True` makes that an error. Nothing is deleted:
+re-saving a step found unreadable first moves it aside to `<step>.unreadable`.
 """
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lwm.checkpoint import policy
 from lwm.errors import LwmError
 from lwm.pytree import key_path_str
 
@@ -31,6 +38,25 @@ _STATE, _METADATA, _DATA = "state", "metadata", "data_state"
 
 class CheckpointError(LwmError):
     """A checkpoint that is missing, unreadable, or does not match what the caller expects."""
+
+
+class UnreadableStepError(CheckpointError):
+    """A step whose files fail to read (`step` names it); callers that pinned the step can
+    fall back to `Checkpointer.latest_step()`, which now skips it."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+def _reason(e: BaseException) -> str:
+    """A one-line, bounded description of a read failure: the innermost cause (tensorstore's
+    own message names the array and the byte range; orbax's wrapper only says "see details")."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = text.split(" in OCDBT database at ")[0]  # the directory is named by the caller
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def abstract_like(tree: Any) -> Any:
@@ -82,12 +108,26 @@ class Checkpointer:
         save_every: int | None = None,
         async_save: bool = True,
         preserve_steps: Sequence[int] = (),
+        strict: bool | None = None,
+        log: Callable[[str], None] | None = None,
+        readonly: bool = False,
     ):
         """`keep`: newest steps kept (None = all); `save_every`: `save()` without `force` writes
         only steps divisible by it (None = every call); `async_save`: write in the background;
         `preserve_steps`: steps never pruned by `keep` (e.g. the ends of training stages, the
-        starting points of later stages and of ablations)."""
+        starting points of later stages and of ablations); `strict`: an unreadable newest step
+        is an error instead of a fallback to the previous readable one (None: the CLI's
+        `--strict`, `lwm.checkpoint.policy.strict_default`); `log`: where the one-line fallback
+        notes go (default: stderr); `readonly`: for loading only: neither creates the directory
+        nor removes unfinished temporary steps, and refuses `save`."""
         self.directory = pathlib.Path(directory).expanduser().resolve()
+        self.strict = policy.strict_default if strict is None else bool(strict)
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._unreadable: dict[int, str] = {}  # step -> why, found in this session
+        self._checked: set[int] = set()  # steps whose small files read fine
+        self.readonly = readonly
+        if readonly and not self.directory.is_dir():
+            raise CheckpointError(f"checkpoint directory not found: {self.directory}")
         if keep is not None and keep < 1:
             raise CheckpointError(f"keep must be >= 1 or None, got {keep}")
         if save_every is not None and save_every < 1:
@@ -103,8 +143,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save,
-            create=True,
-            cleanup_tmp_directories=True,
+            create=not readonly,
+            cleanup_tmp_directories=not readonly,
             # `save()` decides itself (below); orbax must not skip a step while a save is running.
             enable_should_save_is_saving_in_progress_check=False,
         )
@@ -122,9 +162,31 @@ class Checkpointer:
 
     def should_save(self, step: int) -> bool:
         """Whether `save(step, ...)` without `force` would write."""
-        if step in self.all_steps():
+        if step in self.all_steps() and step not in self._unreadable:
             return False
+        return self.should_save_ignoring_existing(step)
+
+    def should_save_ignoring_existing(self, step: int) -> bool:
         return self.save_every is None or step % self.save_every == 0
+
+    def _move_aside(self, step: int) -> None:
+        """Keeps the files of an unreadable step (renamed, never deleted) so it can be rewritten."""
+        src = self.directory / str(step)
+        dst = self.directory / f"{step}.unreadable"
+        n = 1
+        while dst.exists():
+            n += 1
+            dst = self.directory / f"{step}.unreadable{n}"
+        if jax.process_index() == 0 and src.exists():
+            src.rename(dst)
+            self._log(f"checkpoint step {step} was unreadable; moved it to {dst.name}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"lwm_ckpt_move_aside_{step}")
+        self._manager.reload()
+        self._unreadable.pop(step, None)
+        self._checked.discard(step)
 
     def save(
         self,
@@ -141,7 +203,11 @@ class Checkpointer:
         `force`) or when `step` is already saved (existing checkpoints are never overwritten).
         With async saving the write completes in the background; call `wait()` to block.
         """
+        if self.readonly:
+            raise CheckpointError(f"{self.directory} was opened read-only")
         step = int(step)
+        if step in self._unreadable and (force or self.should_save_ignoring_existing(step)):
+            self._move_aside(step)
         if step in self.all_steps() or (not force and not self.should_save(step)):
             return False
         args = ocp.args.Composite(
@@ -162,28 +228,92 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
-        """The newest finished step, or None for an empty directory."""
-        return self._manager.latest_step()
+        """The newest finished step whose files read, or None for an empty directory.
+
+        Unreadable newer steps are reported in one line and skipped (an error when `strict`);
+        a directory whose steps are all unreadable is an error."""
+        steps = self.all_steps()
+        for step in reversed(steps):
+            if step in self._unreadable:
+                continue
+            try:
+                self._probe(step)
+                return step
+            except UnreadableStepError:
+                continue
+        if steps:
+            bad = ", ".join(f"step {s}: {r}" for s, r in sorted(self._unreadable.items()))
+            raise CheckpointError(f"no readable checkpoint in {self.directory} ({bad})")
+        return None
+
+    def mark_unreadable(self, step: int, why: str) -> None:
+        """Records `step` as unreadable: one line naming the fallback, or an error if `strict`."""
+        self._unreadable[step] = why
+        self._checked.discard(step)
+        older = [s for s in self.all_steps() if s < step and s not in self._unreadable]
+        using = f"using step {older[-1]}" if older else "no older step"
+        newest = f"newest readable: step {older[-1]}" if older else "no older step"
+        if self.strict:  # a plain CheckpointError: nothing above may fall back
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} unreadable ({why}); not falling "
+                f"back under --strict ({newest})"
+            )
+        if jax.process_index() == 0:
+            self._log(f"checkpoint step {step} unreadable ({why}); {using}")
+
+    def _probe(self, step: int) -> None:
+        """Reads the small files of `step` (JSON items, the array metadata); arrays are read by
+        `restore`, which reports a truncated data file the same way."""
+        if step in self._checked:
+            return
+        path = self.directory / str(step)
+        why = None
+        if not (path / _STATE).is_dir():
+            why = f"{_STATE}/ missing"
+        elif not (path / _STATE / "_METADATA").is_file():
+            why = f"{_STATE}/_METADATA missing"
+        elif not (path / _METADATA).is_dir():
+            why = f"{_METADATA} missing"
+        else:
+            try:
+                self._read_json(step, _METADATA)
+                self._read_json(step, _DATA)
+                if not jax.tree_util.tree_leaves(self._saved_tree(step)):
+                    why = f"{_STATE} holds no arrays"
+            except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                why = _reason(e)
+        if why is not None:
+            self.mark_unreadable(step, why)
+            raise UnreadableStepError(f"checkpoint step {step} unreadable ({why})", step)
+        self._checked.add(step)
+
+    def _read_json(self, step: int, item: str) -> Any:
+        out = self._manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
+        return out[item]
 
     def _resolve_step(self, step: int | None) -> int:
-        steps = self.all_steps()
         if step is None:
-            if not steps:
+            latest = self.latest_step()
+            if latest is None:
                 raise CheckpointError(f"no checkpoint in {self.directory}")
-            return steps[-1]
+            return latest
+        steps = self.all_steps()
         if int(step) not in steps:
             raise CheckpointError(
                 f"no checkpoint for step {step} in {self.directory}; have {steps}"
             )
-        return int(step)
+        step = int(step)
+        if step in self._unreadable:
+            raise UnreadableStepError(
+                f"checkpoint step {step} unreadable ({self._unreadable[step]})", step
+            )
+        self._probe(step)
+        return step
 
     def metadata(self, step: int | None = None) -> dict[str, Any]:
-        """The JSON metadata of `step` (default: latest) without reading any array."""
+        """The JSON metadata of `step` (default: the newest readable) without reading arrays."""
         step = self._resolve_step(step)
-        out = self._manager.restore(
-            step, args=ocp.args.Composite(**{_METADATA: ocp.args.JsonRestore()})
-        )
-        return dict(out[_METADATA])
+        return dict(self._read_json(step, _METADATA))
 
     def restore(
         self,
@@ -192,13 +322,28 @@ class Checkpointer:
         abstract_state: Any = None,
         subtree: str | Sequence[str] | None = None,
     ) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
-        """Reads `(state, metadata, data_state)` of `step` (default: latest).
+        """Reads `(state, metadata, data_state)` of `step` (default: the newest readable).
+
+        A step whose arrays fail to read is marked unreadable: with `step=None` the next older
+        readable step is tried; a named step raises `UnreadableStepError` (so a caller that
+        planned around that step's metadata can start over from `latest_step()`).
 
         `abstract_state`: the target structure with shapes, dtypes and shardings (of the subtree
         if `subtree` is given); None restores numpy arrays on the host. `subtree`: a key path like
         `"params"` or `("opt_state", "mu")` to read only that part of the saved state.
         """
-        step = self._resolve_step(step)
+        if step is not None:
+            return self._restore_step(self._resolve_step(step), abstract_state, subtree)
+        while True:
+            resolved = self._resolve_step(None)
+            try:
+                return self._restore_step(resolved, abstract_state, subtree)
+            except UnreadableStepError:
+                continue
+
+    def _restore_step(
+        self, step: int, abstract_state: Any, subtree: str | Sequence[str] | None
+    ) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
         keys = _subtree_keys(subtree)
         if abstract_state is None:
             saved = self._saved_tree(step)
@@ -214,16 +359,21 @@ class Checkpointer:
             restore_args=_nest(keys, restore_args),
             partial_restore=bool(keys),
         )
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    _STATE: state_args,
-                    _METADATA: ocp.args.JsonRestore(),
-                    _DATA: ocp.args.JsonRestore(),
-                }
-            ),
-        )
+        try:
+            out = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        _STATE: state_args,
+                        _METADATA: ocp.args.JsonRestore(),
+                        _DATA: ocp.args.JsonRestore(),
+                    }
+                ),
+            )
+        except Exception as e:  # a truncated or corrupt data file: tensorstore/orbax errors
+            why = _reason(e)
+            self.mark_unreadable(step, why)
+            raise UnreadableStepError(f"checkpoint step {step} unreadable ({why})", step) from None
         state = _get_path(out[_STATE], keys, f"checkpoint step {step}")
         data = out[_DATA]
         data_state = data.get("value") if isinstance(data, Mapping) else None
@@ -260,7 +410,11 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases orbax's threads."""
+        """Waits for pending saves (and the start-up clean-up of unfinished steps, which would
+        otherwise fail at interpreter shutdown) and releases orbax's threads."""
+        cleanup = getattr(self._manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
         self._manager.wait_until_finished()
         self._manager.close()
 
@@ -276,7 +430,7 @@ def read_checkpoint_metadata(directory: str | pathlib.Path) -> dict[str, Any] | 
     path = pathlib.Path(directory)
     if not path.is_dir():
         return None
-    ckpt = Checkpointer(path, async_save=False)
+    ckpt = Checkpointer(path, async_save=False, readonly=True)
     try:
         return ckpt.metadata() if ckpt.latest_step() is not None else None
     finally:

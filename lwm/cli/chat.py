@@ -15,6 +15,7 @@ import sys
 import time
 
 from lwm.inference.runtime import add_model_args, add_sampling_args
+from lwm.video.policy import add_allow_short_arg
 
 
 def add_parser(subparsers) -> None:
@@ -37,6 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--end", type=float, default=None, help="end time in seconds")
     p.add_argument("--encode-batch", type=int, default=16, help="frames per VQGAN encode call")
     add_sampling_args(p)
+    add_allow_short_arg(p)
     p.set_defaults(func=_run)
 
 

@@ -101,13 +101,13 @@ def _synth(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     if out.exists() and not args.overwrite:
         raise LwmError(f"{out} exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    from lwm.io import atomic_path  # an error (or Ctrl-C) leaves neither `out` nor a temp file
+
     if args.kind == "text":
         from lwm.data.synth import write_text_corpus
 
-        write_text_corpus(tmp, args.sentences, seed=args.seed)
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            write_text_corpus(tmp, args.sentences, seed=args.seed)
         print(f"wrote {out} ({args.sentences} sentences)")
         return 0
     if not args.tokenizer:
@@ -122,7 +122,7 @@ def _synth(args: argparse.Namespace) -> int:
     lengths = parse_lengths(args.lengths)
     depths = [float(d) for d in args.depths.split(",") if d.strip()] if args.depths else []
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for length in lengths:
             for j in tqdm(range(args.num), desc=f"needle tasks @ {length}", file=sys.stderr):
                 depth = depths[j % len(depths)] if depths else j / max(1, args.num - 1)
@@ -138,7 +138,6 @@ def _synth(args: argparse.Namespace) -> int:
                 )
                 f.write(json.dumps({**task.to_record(), "length": length, "depth": depth}) + "\n")
                 n += 1
-    tmp.replace(out)
     print(f"wrote {out} ({n} tasks); build with --fields '[context+question],answer'")
     return 0
 

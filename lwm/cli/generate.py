@@ -43,11 +43,29 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
+def _note_cut(prompts: list[list[int]], max_new: int, limit: int, truncate: bool) -> None:
+    """Says (one stderr line) when generation will stop at max_sequence_length before
+    --max-new-tokens: the sampler stops there silently."""
+    keep = max(1, limit - max_new)  # what --truncate leaves of a prompt over the limit
+    lengths = [min(len(p), keep) if truncate and len(p) > limit else len(p) for p in prompts]
+    longest = max(lengths)
+    if longest > limit:
+        return  # refused by the sampler
+    room = limit - longest
+    if room < max_new:
+        print(
+            f"lwm generate: note: --max-new-tokens {max_new} cut to {room}: the prompt has "
+            f"{longest} tokens and max_sequence_length is {limit}",
+            file=sys.stderr,
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
     from lwm.errors import LwmError
     from lwm.inference.prompts import chat_prompt
     from lwm.inference.runtime import (
         TextStreamer,
+        check_tokenizer_fits,
         load_model_from_args,
         load_template,
         load_tokenizer,
@@ -70,15 +88,13 @@ def _run(args: argparse.Namespace) -> int:
         eos = None
     else:
         tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
-        if tokenizer.vocab_size > vocab:
-            raise LwmError(
-                f"tokenizer has {tokenizer.vocab_size} pieces but the model only {vocab} tokens"
-            )
+        check_tokenizer_fits(tokenizer, vocab)
         if args.chat:
             prompts = [chat_prompt(tokenizer, template, p) for p in args.prompt]
         else:
             prompts = [tokenizer.encode(p, bos=template.bos) for p in args.prompt]
         eos = tokenizer.eos_id
+    _note_cut(prompts, args.max_new_tokens, model.config.max_sequence_length, args.truncate)
     sampler = make_sampler(model, mesh, args)
     streamer = None
     if tokenizer is not None and len(prompts) == 1 and not args.no_stream:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lwm.checkpoint.policy import add_strict_arg
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -28,6 +30,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--values", type=int, default=1, help="numbers per needle (multi-value)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results directory (resumed if it exists)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results in --out from a different run (other grid, model or options)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="prompts answered together")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: answer length + 8")
     p.add_argument("--mesh", default=None, help="e.g. sp=8 (default: sp over all devices for ring)")
@@ -38,6 +45,7 @@ def add_parser(subparsers) -> None:
         help="skip lengths beyond the checkpoint's max_sequence_length instead of failing",
     )
     p.add_argument("--title", default=None, help="heatmap title")
+    add_strict_arg(p)
     p.set_defaults(func=run)
 
 
@@ -57,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     load_haystack(spec.haystack)  # bad haystack: fail before loading the model
 
     from lwm.evals.model_runner import existing_checkpoint
-    from lwm.inference.runtime import load_tokenizer
+    from lwm.inference.runtime import check_tokenizer_fits, load_tokenizer
     from lwm.models.io import read_model_config
 
     cfg = read_model_config(existing_checkpoint(args.checkpoint))
@@ -68,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         warn=lambda m: print(f"lwm needle: warning: {m}", file=sys.stderr),
     )
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
+    check_tokenizer_fits(tokenizer, cfg.vocab_size, where=str(args.checkpoint))
     from lwm.evals.run import evaluate_needles
 
     table = evaluate_needles(
@@ -83,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         mesh_spec=args.mesh,
         prefill_chunk=args.prefill_chunk,
         title=args.title,
+        overwrite=args.overwrite,
     )
     print(table)
     return 0

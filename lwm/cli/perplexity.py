@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lwm.checkpoint.policy import add_strict_arg
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -23,10 +25,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mesh", default=None, help="e.g. sp=8 (default: sp over all devices for ring)")
     p.add_argument("--out", default="perplexity_out", help="directory for the plot and json")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of a different run in --out (the same run is read back)",
+    )
+    p.add_argument(
         "--skip-too-long",
         action="store_true",
         help="skip lengths beyond the checkpoint's max_sequence_length",
     )
+    add_strict_arg(p)
     p.set_defaults(func=run)
 
 
@@ -35,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from lwm.evals.model_runner import existing_checkpoint
     from lwm.evals.needle import check_lengths
     from lwm.evals.run import evaluate_perplexity
-    from lwm.inference.runtime import load_tokenizer
+    from lwm.inference.runtime import check_tokenizer_fits, load_tokenizer
     from lwm.models.io import read_model_config
 
     lengths = sorted(parse_lengths(args.lengths))
@@ -47,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         warn=lambda m: print(f"lwm perplexity: warning: {m}", file=sys.stderr),
     )
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
+    check_tokenizer_fits(tokenizer, cfg.vocab_size, where=str(args.checkpoint))
     print(
         evaluate_perplexity(
             args.checkpoint,
@@ -57,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             segment=args.segment,
             windows=args.windows,
             mesh_spec=args.mesh,
+            overwrite=args.overwrite,
         )
     )
     return 0

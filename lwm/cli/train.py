@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from lwm.checkpoint.policy import add_strict_arg
+
+EXIT_CODES = (
+    "exit status: 0 done (or --max-steps reached, checkpoint saved); 2 bad input (one line, "
+    "nothing changed); 3 another process of a multi-process job died (rerun every process to "
+    "resume from the last checkpoint); 75 interrupted by SIGTERM or SIGINT (Ctrl-C) after saving "
+    "the current step: resumable, rerun the same command; 130 a second Ctrl-C: stopped without "
+    "saving (a rerun resumes from the last periodic checkpoint)"
+)
 
 
 def add_parser(subparsers) -> None:
@@ -12,6 +23,7 @@ def add_parser(subparsers) -> None:
         description="Train a model through the configured stages, resuming from the workdir's "
         "latest checkpoint. Multi-process: run the same command on every host (LWM_DISTRIBUTED=1) "
         "or use scripts/launch_local.sh N -- train ...",
+        epilog=EXIT_CODES,
     )
     p.add_argument("--config", required=True, help="config file or preset name under configs/")
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics.jsonl)")
@@ -28,15 +40,22 @@ def add_parser(subparsers) -> None:
         help="start stage 1 from this lwm checkpoint's params (sets train.init_from; a workdir "
         "with its own checkpoint resumes instead)",
     )
+    add_strict_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from lwm.errors import LwmError
+
+    if args.max_steps is not None and args.max_steps < 1:
+        raise LwmError(f"--max-steps must be >= 1, got {args.max_steps}")
+
     from lwm.training.distributed import maybe_initialize_distributed
 
     maybe_initialize_distributed()
 
     from lwm.config import load_config
+    from lwm.training.signals import EXIT_INTERRUPTED, take_stop_signal
     from lwm.training.trainer import train
 
     config = load_config(args.config, args.config_overrides)
@@ -48,5 +67,21 @@ def run(args: argparse.Namespace) -> int:
                 config.train = ml_collections.ConfigDict()
             with config.train.unlocked():
                 config.train.init_from = args.init_from
-    train(config, args.workdir, max_steps=args.max_steps)
+    try:
+        result = train(config, args.workdir, max_steps=args.max_steps)
+    except Exception as e:  # noqa: BLE001 - a dead peer: one line and out, no shutdown hang
+        from lwm.training.peer_watchdog import exit_on_peer_failure
+
+        exit_on_peer_failure(e, "train")
+        raise
+    signal_name = take_stop_signal()
+    by_max_steps = args.max_steps is not None and result.step >= args.max_steps
+    if result.preempted and (signal_name or not by_max_steps):
+        why = signal_name or "another process's signal"
+        print(
+            f"lwm train: interrupted by {why} at step {result.step}: checkpoint saved, "
+            f"resumable (exit {EXIT_INTERRUPTED}; rerun the same command to continue)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lwm.video.policy import add_allow_short_arg
+
 
 def _selection_args(p: argparse.ArgumentParser) -> None:
     sel = p.add_mutually_exclusive_group()
@@ -32,6 +34,7 @@ def add_parser(subparsers) -> None:
     tok.add_argument("--resume", action="store_true", help="append to an existing --out")
     tok.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     tok.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_allow_short_arg(tok)
     tok.set_defaults(func=_tokenize)
 
     rec = sub.add_parser("reconstruct", help="round-trip a video through the VQGAN to mp4")

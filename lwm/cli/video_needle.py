@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lwm.checkpoint.policy import add_strict_arg
+from lwm.video.policy import add_allow_short_arg
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -45,6 +48,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results directory (resumed if it exists)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results in --out from a different run (other grid, model or options)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="prompts answered together")
     p.add_argument("--encode-batch", type=int, default=16, help="frames per VQGAN encode call")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: answer length + 8")
@@ -58,6 +66,8 @@ def add_parser(subparsers) -> None:
         help="skip lengths whose prompts exceed the checkpoint's max_sequence_length",
     )
     p.add_argument("--title", default=None, help="heatmap title")
+    add_strict_arg(p)
+    add_allow_short_arg(p)
     p.set_defaults(func=run)
 
 
@@ -102,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         skip_too_long=args.skip_too_long,
         warn=lambda m: print(f"lwm video-needle: warning: {m}", file=sys.stderr),
         title=args.title,
+        overwrite=args.overwrite,
     )
     print(table)
     return 0

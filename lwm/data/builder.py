@@ -25,6 +25,7 @@ import numpy as np
 from lwm.data.fields import ExampleEncoder
 from lwm.data.tokenizer import Tokenizer
 from lwm.errors import LwmError
+from lwm.io import write_bytes
 
 DATASET_NAME = "lwm_tokens"
 DATASET_VERSION = "1.0.0"
@@ -83,13 +84,21 @@ def iter_records(
     """
     for fi, path in enumerate(files):
         if path.suffix == ".txt":
-            yield f"{fi}:0", str(path), 0, {"text": path.read_text(encoding="utf-8")}
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise LwmError(f"{path}: not UTF-8 text ({_utf8_problem(e)})") from None
+            yield f"{fi}:0", str(path), 0, {"text": text}
             continue
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
+        with open(path, "rb") as f:  # decoded per line: a bad byte is one bad line
+            for lineno, raw in enumerate(f, start=1):
                 try:
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise ValueError(f"not UTF-8 ({_utf8_problem(e)})") from None
+                    if not line.strip():
+                        continue
                     try:
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
@@ -107,8 +116,41 @@ def iter_records(
                 yield f"{fi}:{lineno}", str(path), lineno, rec
 
 
+def _utf8_problem(e: UnicodeDecodeError) -> str:
+    return f"byte 0x{e.object[e.start]:02x} at offset {e.start}"
+
+
+def check_has_examples(files: Sequence[pathlib.Path], encoder, *, skip_bad: bool) -> None:
+    """One-line error when no input line gives an example (empty files, or every line bad with
+    `skip_bad`), before TFDS starts (it fails with an assertion of its own). Stops at the first
+    good example, so a normal input costs one record."""
+    stats = BuildStats()
+    for _key, path, lineno, rec in iter_records(
+        files, skip_bad=skip_bad, stats=stats, keys=list(encoder.keys)
+    ):
+        try:
+            if len(encoder(rec)) >= 2:
+                return
+            stats.empty_examples += 1
+        except LwmError as e:
+            if not (skip_bad and lineno):
+                where = f"{path}:{lineno}" if lineno else path
+                raise LwmError(f"{where}: {e}") from None
+            stats.skipped_lines += 1
+    names = ", ".join(map(str, files))
+    why = []
+    if stats.skipped_lines:
+        why.append(f"all {stats.skipped_lines} non-empty lines bad, skipped by --skip-bad")
+    if stats.empty_examples:
+        why.append(f"{stats.empty_examples} records with fewer than 2 tokens")
+    raise LwmError(f"no examples in {names} ({'; '.join(why) or 'empty: no records'})")
+
+
 def _one_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+TOKENIZER_FILE = "tokenizer.model"
 
 
 def _make_builder_class():
@@ -129,6 +171,15 @@ def _make_builder_class():
             self._skip_bad = skip_bad
             self.stats = BuildStats()
             super().__init__(**kw)
+
+        # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared
+        # to <temporary dir>": nothing is downloaded and that folder is renamed; `lwm data build`
+        # reports what it wrote itself.
+        def _log_download_bytes(self) -> None:
+            pass
+
+        def _log_download_done(self) -> None:
+            pass
 
         def _info(self):
             seq = tfds.features.Tensor(shape=(None,), dtype=np.int32)
@@ -233,6 +284,7 @@ def build_dataset(
     files = expand_inputs(inputs)
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
     encoder = ExampleEncoder(tok, fields, **encoder_kw)
+    check_has_examples(files, encoder, skip_bad=skip_bad)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:
@@ -255,6 +307,8 @@ def build_dataset(
         meta = json.loads((built / "metadata.json").read_text())
         if meta["num_examples"] == 0:
             raise LwmError(f"no examples in {', '.join(map(str, files))}")
+        # The dataset carries its tokenizer: training on it and later commands need no path.
+        write_bytes(built / TOKENIZER_FILE, pathlib.Path(tok.path).read_bytes())
         if out.exists():
             shutil.rmtree(out)
         os.replace(built, out)

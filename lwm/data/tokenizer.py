@@ -143,5 +143,5 @@ def train_tokenizer(
         raise LwmError(
             f"sentencepiece training failed: {str(e).strip().splitlines()[-1]}"
         ) from None
-    write_bytes(out, buf.getvalue())
+    write_bytes(out, buf.getvalue())  # atomic, 0644: a tokenizer is shared with the model
     return Tokenizer(out)

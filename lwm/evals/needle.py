@@ -24,7 +24,13 @@ from typing import Any
 from lwm.data.needles import Haystack, NeedleTask, make_needle_task
 from lwm.data.tokenizer import Tokenizer
 from lwm.errors import LwmError
-from lwm.evals.results import RESULTS_FILE, log_records, open_results_dir
+from lwm.evals.results import (
+    RESULTS_FILE,
+    grid_identity,
+    log_records,
+    open_results_dir,
+    undo_new_dir_on_error,
+)
 
 AnswerFn = Callable[[list[list[int]], int], list[list[int]]]
 """`(prompts, max_new_tokens) -> generated ids per prompt` (greedy)."""
@@ -194,6 +200,7 @@ def run_needle_eval(
     identity: dict | None = None,
     progress: bool = True,
     desc: str = "needle",
+    overwrite: bool = False,
 ) -> list[dict]:
     """Answers every missing sample of the grid, appending to `out_dir/results.jsonl`; returns
     the records of this grid (earlier and new). `identity` (e.g. the checkpoint) is stored with
@@ -204,8 +211,10 @@ def run_needle_eval(
         "spec": dataclasses.asdict(spec),
         "tokenizer": str(tokenizer.path),
         "max_new_tokens": max_new_tokens,
+        "grid": grid_identity(lengths, depths, samples),
     }
-    done = open_results_dir(out, ident, what="needle")
+    existed = out.exists()
+    done = open_results_dir(out, ident, what="needle", overwrite=overwrite)
     haystack = load_haystack(spec.haystack)
     jobs = grid_jobs(lengths, depths, samples)
     results_path = out / RESULTS_FILE
@@ -215,7 +224,7 @@ def run_needle_eval(
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, dynamic_ncols=True)
-    with open(results_path, "a", encoding="utf-8") as f:
+    with undo_new_dir_on_error(out, existed), open(results_path, "a", encoding="utf-8") as f:
         for batch, n_real in padded_batches(todo, batch_size):
             tasks = [make_task(tokenizer, haystack, spec, j) for j in batch[:n_real]]
             prompts = [build_prompt(tokenizer, t) for t in tasks]

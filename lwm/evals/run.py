@@ -7,6 +7,7 @@ import pathlib
 from collections.abc import Sequence
 
 from lwm.errors import LwmError
+from lwm.io import write_json
 
 
 def evaluate_needles(
@@ -25,6 +26,7 @@ def evaluate_needles(
     title: str | None = None,
     model_loader=None,
     answerer=None,
+    overwrite: bool = False,
 ) -> str:
     """Runs (or resumes) the eval and writes heatmap.png and summary.json; returns the table.
     `model_loader() -> (model, mesh)` replaces loading `checkpoint`; `answerer` (as from
@@ -54,12 +56,13 @@ def evaluate_needles(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         identity={"checkpoint": str(pathlib.Path(checkpoint).resolve())},
+        overwrite=overwrite,
     )
     variant = _variant_name(spec)
     summary = summarize(records, lengths, depths)
     out = pathlib.Path(out_dir)
     plot_heatmap(summary, out / "heatmap.png", title=title or variant)
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
+    write_json(out / "summary.json", summary.to_dict())
     return format_table(summary, title=f"needle accuracy ({variant})")
 
 
@@ -101,11 +104,15 @@ def evaluate_perplexity(
     windows: int = 4,
     mesh_spec: str | None = None,
     model=None,
+    overwrite: bool = False,
 ) -> str:
     """Perplexity of the last `segment` tokens at each context length; writes perplexity.png and
-    perplexity.json to `out_dir`; returns a text table."""
+    perplexity.json (strict JSON: a non-finite value is null) to `out_dir`; returns a text table.
+    `out_dir` follows the output-directory rule (`claim_output_dir`): the same run is read back,
+    another is refused unless `overwrite`; the files are written only once all is computed."""
     from lwm.evals.model_runner import load_eval_model
     from lwm.evals.perplexity import context_perplexity, plot_perplexity, segment_nll_fn
+    from lwm.evals.results import claim_output_dir
 
     path = pathlib.Path(text_path)
     if not path.is_file():
@@ -113,20 +120,51 @@ def evaluate_perplexity(
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         raise LwmError(f"text file {path} is empty")
+    out = pathlib.Path(out_dir)
+    run_spec = {
+        "checkpoint": str(pathlib.Path(checkpoint).resolve()),
+        "tokenizer": str(getattr(tokenizer, "path", "")),
+        "text": str(path.resolve()),
+        "lengths": [int(n) for n in lengths],
+        "segment": segment,
+        "windows": windows,
+    }
+    claim = dict(
+        config_file=PPL_CONFIG,
+        outputs=PPL_OUTPUTS,
+        overwrite=overwrite,
+        what="perplexity",
+    )
+    if claim_output_dir(out, run_spec, write=False, **claim):
+        if (out / "perplexity.json").is_file():  # the same run, finished: report it again
+            return _perplexity_table(json.loads((out / "perplexity.json").read_text()))
     tokens = tokenizer.encode(text, bos=True)
     if model is None:
         model, _ = load_eval_model(checkpoint, mesh_spec=mesh_spec)
     points = context_perplexity(
         segment_nll_fn(model), tokens, lengths, segment=segment, windows=windows, progress=True
     )
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_perplexity(points, out / "perplexity.png")
     rows = [
         {"length": p.length, "nll": p.nll, "perplexity": p.perplexity, "tokens": p.tokens}
         for p in points
     ]
-    (out / "perplexity.json").write_text(json.dumps({"segment": segment, "points": rows}, indent=1))
-    lines = [f"perplexity of the last {segment} tokens ({points[0].tokens} scored per length)"]
-    lines += [f"{p.length:>9}  {p.perplexity:10.3f}" for p in points]
+    result = {"segment": segment, "points": rows}
+    claim_output_dir(out, run_spec, write=True, **claim)  # replaces a different run's files
+    plot_perplexity(points, out / "perplexity.png")
+    write_json(out / "perplexity.json", result)
+    return _perplexity_table(result)
+
+
+PPL_CONFIG = "perplexity_config.json"
+PPL_OUTPUTS = ("perplexity.json", "perplexity.png")
+
+
+def _perplexity_table(result: dict) -> str:
+    rows = result["points"]
+    lines = [
+        f"perplexity of the last {result['segment']} tokens ({rows[0]['tokens']} scored per length)"
+    ]
+    for r in rows:
+        ppl = r["perplexity"]
+        lines.append(f"{r['length']:>9}  {'nan' if ppl is None else format(ppl, '10.3f'):>10}")
     return "\n".join(lines)

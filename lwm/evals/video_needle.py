@@ -31,7 +31,6 @@ Semantics:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Callable, Sequence
@@ -47,8 +46,15 @@ from lwm.evals.needle_images import (
     make_needle,
     num_choices,
 )
-from lwm.evals.results import RESULTS_FILE, log_records, open_results_dir
+from lwm.evals.results import (
+    RESULTS_FILE,
+    grid_identity,
+    log_records,
+    open_results_dir,
+    undo_new_dir_on_error,
+)
 from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate, question_suffix, video_prefix
+from lwm.io import write_json
 
 CAPTION_WORDS = (
     "apple",
@@ -369,6 +375,7 @@ def run_video_needle_eval(
     max_new_tokens: int | None = None,
     identity: dict | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Answers every missing sample of the grid, appending to `out_dir/results.jsonl`; returns
     the records of this grid (earlier and new). `identity` (checkpoint, VQGAN) is stored with the
@@ -386,8 +393,10 @@ def run_video_needle_eval(
         "resolution": ev.resolution,
         "tokens_per_frame": ev.tokens_per_frame,
         "max_new_tokens": max_new_tokens,
+        "grid": grid_identity(lengths, depths, samples),
     }
-    done = open_results_dir(out, ident, what="video needle")
+    existed = out.exists()
+    done = open_results_dir(out, ident, what="video needle", overwrite=overwrite)
     jobs = grid_jobs(lengths, depths, samples)
     results_path = out / RESULTS_FILE
     todo = [j for j in jobs if j.key not in done]
@@ -396,7 +405,7 @@ def run_video_needle_eval(
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="video needle")
-    with open(results_path, "a", encoding="utf-8") as f:
+    with undo_new_dir_on_error(out, existed), open(results_path, "a", encoding="utf-8") as f:
         for batch, n_real in padded_batches(todo, batch_size):
             tasks = [ev.task(j) for j in batch[:n_real]]
             prompts = [ev.prompt(t, codes) for t in tasks]
@@ -477,6 +486,7 @@ def evaluate_video_needles(
     warn: Callable[[str], None] = print,
     title: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> str:
     """Runs (or resumes) the eval of a checkpoint; writes heatmap.png and summary.json to
     `out_dir` and returns the text table. Every input is checked before the model is loaded
@@ -531,6 +541,7 @@ def evaluate_video_needles(
             "vqgan": str(pathlib.Path(vqgan_checkpoint).resolve()),
         },
         progress=progress,
+        overwrite=overwrite,
     )
     return write_report(records, lengths, depths, out_dir, spec, title=title)
 
@@ -567,7 +578,7 @@ def write_report(
         length_labels=[f"{n}\n{_short(tokens[n])}" for n in summary.lengths],
     )
     data = {**summary.to_dict(), "prompt_tokens_per_length": {str(k): v for k, v in tokens.items()}}
-    (out / "summary.json").write_text(json.dumps(data, indent=1))
+    write_json(out / "summary.json", data)
     table = format_table(summary, title=f"video needle accuracy ({variant}; length in frames)")
     per_len = ", ".join(f"{n} frames = {tokens[n]:,}" for n in summary.lengths)
     return f"{table}\nprompt tokens: {per_len}"

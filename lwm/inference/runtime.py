@@ -7,6 +7,7 @@ import pathlib
 import sys
 from collections.abc import Callable
 
+from lwm.checkpoint.policy import add_strict_arg
 from lwm.errors import LwmError
 
 TOKENIZER_FILENAMES = ("tokenizer.model",)
@@ -34,6 +35,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--template", default=None, help="JSON file overriding prompt template fields")
     p.add_argument("--system", default=None, help="system sentence of the prompt template")
+    add_strict_arg(p)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float = 0.0) -> None:
@@ -107,6 +109,16 @@ def load_tokenizer(path: str | None, checkpoint: str):
     raise LwmError(
         f"no tokenizer given and none found in {checkpoint} (pass --tokenizer PATH.model)"
     )
+
+
+def check_tokenizer_fits(tokenizer, vocab_size: int, where: str = "the model") -> None:
+    """Refuses a tokenizer whose ids can exceed the model's embedding table (the model would
+    read garbage rows for them and score or answer nonsense without any error)."""
+    if tokenizer.vocab_size > vocab_size:
+        raise LwmError(
+            f"tokenizer has {tokenizer.vocab_size} pieces but {where} only {vocab_size} tokens "
+            "(a tokenizer of another model?)"
+        )
 
 
 def load_template(args: argparse.Namespace):

@@ -235,7 +235,7 @@ class Sampler:
         if n > limit:
             raise LwmError(
                 f"prompt of {n} tokens is longer than the model's max_sequence_length {limit} "
-                "(pass truncate to keep the last tokens)"
+                "(pass --truncate to keep the last tokens)"
             )
 
     def _truncate(self, prompts, max_new_tokens: int) -> list[list[int]]:

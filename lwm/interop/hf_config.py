@@ -13,15 +13,21 @@ _SUPPORTED_ARCHS = {"LlamaForCausalLM"}
 def _rope_theta(hf: dict[str, Any]) -> float:
     # transformers >= 5 keeps RoPE settings in `rope_parameters`; older files use rope_theta and
     # rope_scaling at the top level.
+    # Every place a scaling may be named is checked: a file can carry both (a top-level linear
+    # `rope_scaling` beside `rope_parameters.rope_type: default`), and either one would change
+    # the positions the weights were trained with.
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
-    rope_type = (
-        params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    )
-    if rope_type != "default":
-        raise LwmError(
-            f"unsupported RoPE scaling type {rope_type!r} (only plain RoPE is supported)"
-        )
+    named = {
+        "rope_parameters.rope_type": params.get("rope_type"),
+        "rope_scaling.rope_type": scaling.get("rope_type"),
+        "rope_scaling.type": scaling.get("type"),
+    }
+    for where, rope_type in named.items():
+        if rope_type not in (None, "default"):
+            raise LwmError(
+                f"unsupported RoPE scaling {where}={rope_type!r} (only plain RoPE is supported)"
+            )
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 

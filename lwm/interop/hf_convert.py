@@ -19,7 +19,7 @@ import numpy as np
 from lwm.errors import LwmError
 from lwm.interop.hf_config import model_config_from_hf, model_config_to_hf
 from lwm.interop.hf_weights import hf_tensor_names, params_from_hf, params_to_hf
-from lwm.io import write_json
+from lwm.io import FILE_MODE, write_json
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _NP_DTYPES = {"float32": np.float32, "bfloat16": None, "float16": np.float16}
@@ -161,6 +161,8 @@ def convert_to_hf(
     with atomic_output_dir(out) as tmp:
         write_json(tmp / "config.json", hf_config, indent=2)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for f in tmp.iterdir():  # safetensors writes 0600; these files are made to be shared
+            os.chmod(f, FILE_MODE)
     return out
 
 

@@ -98,7 +98,7 @@ def load_params_numpy(
 ) -> tuple[dict, ModelConfig]:
     """The stored parameters as host numpy arrays (string keys) and the config."""
     path = _checkpoint_dir(directory)
-    with Checkpointer(path, keep=None, async_save=False) as ckpt:
+    with Checkpointer(path, keep=None, async_save=False, readonly=True) as ckpt:
         cfg = _stored_config(ckpt, path, step)
         params, _, _ = ckpt.restore(step, subtree="params")
     return params, cfg
@@ -107,7 +107,7 @@ def load_params_numpy(
 def read_model_config(directory: str | pathlib.Path, step: int | None = None) -> ModelConfig:
     """The ModelConfig stored with a checkpoint, without reading any array."""
     path = _checkpoint_dir(directory)
-    with Checkpointer(path, keep=None, async_save=False) as ckpt:
+    with Checkpointer(path, keep=None, async_save=False, readonly=True) as ckpt:
         return _stored_config(ckpt, path, step)
 
 
@@ -134,7 +134,7 @@ def load_model(
     are read directly into their shardings.
     """
     path = _checkpoint_dir(checkpoint_dir)
-    with Checkpointer(path, keep=None, async_save=False) as ckpt:
+    with Checkpointer(path, keep=None, async_save=False, readonly=True) as ckpt:
         cfg = _stored_config(ckpt, path, step)
         return _restore_model(ckpt, cfg, mesh=mesh, step=step, overrides=overrides)
 

@@ -149,6 +149,7 @@ class Checkpointing:
             "param_fingerprint": self.fingerprint,
             "model_config": ctx.mdef.config.to_dict(),
             "mesh": dict(ctx.mesh.shape),
+            "seq_len": ctx.stage.seq_len,  # a resume inside the stage must keep it
         }
         self.ckpt.save(
             info.step, info.state, metadata=meta, data_state=info.data.get_state(), force=force
@@ -165,8 +166,8 @@ class Checkpointing:
 
 
 class Preemption:
-    """SIGTERM (any process) or `max_steps`: a checkpoint of the current step, then the trainer
-    stops (`request_stop`). A stage's last step is left to `Checkpointing`."""
+    """SIGTERM / SIGINT (any process) or `max_steps`: a checkpoint of the current step, then the
+    trainer stops (`request_stop`). A stage's last step is left to `Checkpointing`."""
 
     def __init__(
         self,
@@ -175,7 +176,9 @@ class Preemption:
         request_stop: Callable[[str], None],
         max_steps: int | None,
         log: Callable[[str], None],
+        signal_name: Callable[[], str] = lambda: "",
     ):
+        self.signal_name = signal_name  # the signal this process got ("SIGTERM", "SIGINT")
         self.checkpointing = checkpointing
         self.stop_requested = stop_requested
         self.request_stop = request_stop
@@ -193,7 +196,7 @@ class Preemption:
             return
         self.checkpointing.save(info, force=True)
         self.checkpointing.ckpt.wait()
-        why = "SIGTERM" if signalled else "max_steps"
+        why = (self.signal_name() or "another process's signal") if signalled else "max_steps"
         if is_primary():
             self.log(f"lwm train: {why}: saved step {info.step}, exiting")
         self.request_stop(why)

@@ -31,4 +31,8 @@ def maybe_initialize_distributed() -> bool:
     elif os.environ.get("LWM_DISTRIBUTED", "") not in ("", "0"):
         jax.distributed.initialize()
         _initialized = True
+    if _initialized:
+        from lwm.training.peer_watchdog import start_peer_watchdog
+
+        start_peer_watchdog(jax.process_index(), jax.process_count())
     return _initialized

@@ -72,6 +72,11 @@ def parse_run(
     if train.eval_every:
         check_eval_data(data)
     check_sinks_available(train)
+    if data.get("source", "synthetic") == "synthetic" and data.get("path"):
+        raise ConfigError(
+            f"data.path is {data['path']!r} but data.source is 'synthetic' (it would be "
+            "ignored); add --config.data.source=dataset"
+        )
     return RunSpec(config, model, train, stages, meshes, data)
 
 

@@ -142,15 +142,15 @@ def init_state(ctx: StageContext, log: Callable[[str], None] | None = None) -> d
 
 
 def restore_state(
-    ctx: StageContext, ckpt: Checkpointer, *, params_only: bool = False
+    ctx: StageContext, ckpt: Checkpointer, step: int | None = None, *, params_only: bool = False
 ) -> tuple[dict, dict | None]:
     """The latest checkpoint, read directly onto this stage's mesh: the full state and the data
     iterator's state, or (`params_only`) the params in a state with fresh moments."""
     target = abstract_state(ctx.mdef, ctx.optimizer, ctx.mesh)
     if params_only:
-        params, _, _ = ckpt.restore(abstract_state=target["params"], subtree="params")
+        params, _, _ = ckpt.restore(step, abstract_state=target["params"], subtree="params")
         return _new_state(ctx, params), None
-    state, _, data_state = ckpt.restore(abstract_state=target)
+    state, _, data_state = ckpt.restore(step, abstract_state=target)
     return jax.device_put(state, ctx.shardings), data_state
 
 
@@ -182,7 +182,8 @@ def enter_stage(
         return carry_state(ctx, prev_state), None
     if resume is None:
         return init_state(ctx, log), None
+    step = int(resume["step"])  # the step the workdir check chose (an unreadable newer one skipped)
     if int(resume["stage"]) == ctx.index:  # mid-stage restart: everything as it was
-        return restore_state(ctx, ckpt)
-    state, _ = restore_state(ctx, ckpt, params_only=ctx.stage.reset_optimizer)
+        return restore_state(ctx, ckpt, step)
+    state, _ = restore_state(ctx, ckpt, step, params_only=ctx.stage.reset_optimizer)
     return state, None  # a finished stage's data position is not this stage's

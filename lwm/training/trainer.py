@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lwm.checkpoint import Checkpointer
+from lwm.checkpoint import Checkpointer, UnreadableStepError
 from lwm.io import write_text
 from lwm.training import callbacks
 from lwm.training.data_source import make_data_iterator
@@ -41,7 +41,8 @@ from lwm.training.stages import (
 )
 from lwm.training.train_state import model_def
 from lwm.training.train_step import batch_shardings, jit_train_step
-from lwm.training.workdir import refuse_foreign, resume_metadata
+from lwm.training.workdir import check_resume_seq_len, refuse_foreign, resume_metadata
+from lwm.training.workdir_tokenizer import copy_tokenizer_to_workdir
 
 # Re-exported: callers built before the split import these from here.
 __all__ = [
@@ -119,6 +120,7 @@ class Trainer:
             self.request_stop,
             self.max_steps,
             self.log,
+            signal_name=lambda: self._signals.name if self._signals else "",
         ).attach(hooks)
         callbacks.LossCurve(self.workdir).attach(hooks)
         hooks.add(stage_log.end, event="stage_end")
@@ -142,17 +144,27 @@ class Trainer:
         )
         sinks: list[MetricSink] = []
         try:
-            resume = resume_metadata(self.workdir, ckpt, fingerprint, len(spec.stages))
-            if self.primary:
-                cfg_path = self.workdir / "config.json"
-                if resume is None or not cfg_path.exists():
-                    write_text(cfg_path, spec.config.to_json(indent=2))
-                resume_step = int(resume["step"]) if resume else 0
-                sinks = make_sinks(spec.train, self.workdir, spec.config.to_dict(), resume_step)
-            self.hooks = self._attach(ckpt, fingerprint, sinks)
-            result = self._run_stages(ckpt, resume)
-            self.hooks.fire("run_end", result)
-            return result
+            while True:  # again from the previous step when the chosen one fails to read
+                resume = resume_metadata(self.workdir, ckpt, fingerprint, len(spec.stages))
+                if resume is not None:
+                    check_resume_seq_len(resume, spec.stages, self.workdir)
+                if self.primary:
+                    cfg_path = self.workdir / "config.json"
+                    if resume is None or not cfg_path.exists():
+                        write_text(cfg_path, spec.config.to_json(indent=2))
+                    resume_step = int(resume["step"]) if resume else 0
+                    sinks = make_sinks(spec.train, self.workdir, spec.config.to_dict(), resume_step)
+                    copy_tokenizer_to_workdir(spec.data, self.workdir, self.log)
+                self.hooks = self._attach(ckpt, fingerprint, sinks)
+                try:
+                    result = self._run_stages(ckpt, resume)
+                except UnreadableStepError:  # reported and marked: latest_step() now skips it
+                    for sink in sinks:
+                        sink.close()
+                    sinks = []
+                    continue
+                self.hooks.fire("run_end", result)
+                return result
         finally:
             for sink in sinks:
                 sink.close()

@@ -4,6 +4,7 @@ directory holding anything else is refused before the trainer writes to it."""
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lwm.checkpoint import Checkpointer
@@ -17,6 +18,7 @@ OWN_FILES = {
     "checkpoints",
     "tensorboard",
     "wandb",
+    "tokenizer.model",  # copied from the dataset, so later commands need no --tokenizer
 }
 """What the trainer writes in a workdir; anything else there (and no checkpoint) is foreign."""
 
@@ -61,3 +63,16 @@ def resume_metadata(
             f"has only {num_stages} stages"
         )
     return meta
+
+
+def check_resume_seq_len(meta: Mapping[str, Any], stages: Sequence, workdir: pathlib.Path) -> None:
+    """A stage resumed midway must keep its sequence length (its data and schedule depend on
+    it); a finished stage may be followed by a longer one."""
+    st = stages[int(meta.get("stage", 0))]
+    saved = meta.get("seq_len")
+    if saved is not None and int(meta.get("stage_step", 0)) < st.steps and saved != st.seq_len:
+        raise LwmError(
+            f"workdir {workdir}: checkpoint step {meta.get('step')} is inside stage "
+            f"{st.index} trained at seq_len {saved}, the config now says seq_len {st.seq_len}; "
+            f"keep seq_len {saved} to resume, or use a new workdir"
+        )

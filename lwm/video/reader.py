@@ -16,7 +16,10 @@ Frames are resized so the short side is `size` and then center-cropped to `size`
 resized like any other. Images (png, jpg, ...) are one-frame videos at t = 0.
 
 Timestamps are seconds from the start of the video stream (the stream's start offset removed).
-Bad files raise `LwmError` naming the file.
+Bad files raise `LwmError` naming the file. A truncated but readable file (its frames stop well
+before the duration its header claims for the requested span) is an error naming the file and
+the counts, unless `allow_short` (the CLI's `--allow-short`): then a one-line warning, and the
+targets past the end take the last decoded frame.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import av
 import numpy as np
 
 from lwm.errors import LwmError
+from lwm.video import policy
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset(
@@ -154,12 +158,15 @@ def read_frames(
     start: float | None = None,
     end: float | None = None,
     size: int | None = 256,
+    allow_short: bool | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Yields (timestamp_seconds, uint8 [size, size, 3]) for the selected frames, streaming.
 
     Arguments are validated and the file is opened before the first frame is requested, so a
-    bad file or selection fails at the call.
+    bad file or selection fails at the call. A truncated file fails when the iteration reaches
+    its end, unless `allow_short` (None: `lwm.video.policy.allow_short_default`, `--allow-short`).
     """
+    allow_short = policy.allow_short_default if allow_short is None else allow_short
     path = str(path)
     if frames is not None and fps is not None:
         raise LwmError("choose at most one of frames=N and fps=F")
@@ -188,7 +195,7 @@ def read_frames(
     if frames is not None and not (math.isfinite(duration) and duration > 0):
         duration = _scan_duration(path, rate, t0)
     e = duration if end is None else min(float(end), duration)
-    return _select(container, stream, path, t0, rate, s, e, frames, fps, size)
+    return _select(container, stream, path, t0, rate, s, e, frames, fps, size, allow_short)
 
 
 def _scan_duration(path: str, rate: float, t0: float) -> float:
@@ -230,7 +237,25 @@ def _targets(s: float, e: float, rate: float, frames: int | None, fps: float | N
     return None
 
 
-def _select(container, stream, path, t0, rate, s, e, frames, fps, size):
+def _check_short(path, s, e, rate, last_ts, allow_short) -> None:
+    """The stream ended at `last_ts`: more than a frame and a half before the span's end `e` is a
+    truncated file (the header claims frames that do not decode)."""
+    if not (rate and math.isfinite(e)) or last_ts >= e - 1.5 / rate:
+        return
+    claimed = max(1, round((e - s) * rate))
+    got = max(0, round((max(last_ts, s - 1 / rate) - s) * rate) + 1)
+    what = (
+        f"{path}: truncated video: {got} of the {claimed} frames its header claims for "
+        f"[{s:g}, {e:g})s decode (the last at {last_ts:.2f}s)"
+    )
+    if not allow_short:
+        raise LwmError(f"{what}; pass --allow-short to use the frames that decode")
+    import sys
+
+    print(f"lwm: warning: {what}; using them (--allow-short)", file=sys.stderr)
+
+
+def _select(container, stream, path, t0, rate, s, e, frames, fps, size, allow_short=False):
     """The decode loop: nearest frame per target, seeking over long gaps."""
     stream.thread_type = "AUTO"
     targets = _targets(s, e, rate, frames, fps)
@@ -282,7 +307,8 @@ def _select(container, stream, path, t0, rate, s, e, frames, fps, size):
                     seek_to = target
                     break
             else:
-                break  # stream exhausted
+                _check_short(path, s, e, rate, last_ts, allow_short)  # stream exhausted
+                break
             if seek_to is None:
                 break
             # Jump to the keyframe before the next target; frames already seen are skipped.

@@ -19,6 +19,7 @@ Sidecar fields may not replace the record's own fields (vision, source, n_frames
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from lwm.errors import LwmError
+from lwm.io import atomic_path
 from lwm.video.reader import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_frames
 
 RESERVED_FIELDS = frozenset({"vision", "source", "n_frames", "tokens_per_frame", "timestamps"})
@@ -225,6 +227,17 @@ class TokenizeReport:
     already_done: list[str]
 
 
+@contextlib.contextmanager
+def _remove_if_empty(path: pathlib.Path, fresh: bool):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if fresh and path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+        raise
+
+
 def tokenize_files(
     encode_fn: Callable[[np.ndarray], np.ndarray],
     inputs: Sequence[str | pathlib.Path],
@@ -251,17 +264,20 @@ def tokenize_files(
     if not files:
         raise LwmError("no inputs given")
     done: set[str] = set()
-    if out.exists():
-        if resume:
-            done = _done_sources(out)
-        elif overwrite:
-            out.unlink()
-        else:
-            raise LwmError(f"{out}: already exists (use --resume to continue it or --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    appending = out.exists() and resume
+    if appending:
+        done = _done_sources(out)
+    elif out.exists() and not overwrite:
+        raise LwmError(f"{out}: already exists (use --resume to continue it or --overwrite)")
     report = TokenizeReport([], [], [])
+    # A replacing file is written aside and moved into place when every input is done (an error
+    # leaves the old one intact); a new file keeps the records written before an error (rerun
+    # with --resume) but is removed if it got none (an empty file would block the rerun).
+    fresh = not out.exists()
+    target = atomic_path(out) if out.exists() and not appending else _remove_if_empty(out, fresh)
     with (
-        open(out, "a") as f,
+        target as dest,
+        open(dest, "a") as f,
         tqdm(total=len(files), unit="video", disable=not show_progress, file=sys.stderr) as bar,
     ):
         for path in files:

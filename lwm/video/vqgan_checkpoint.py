@@ -80,7 +80,7 @@ def load_vqgan(
     where = str(checkpoint)
     if not directory.is_dir():
         raise LwmError(f"{where}: no such checkpoint directory")
-    ckpt = Checkpointer(directory, async_save=False)
+    ckpt = Checkpointer(directory, async_save=False, readonly=True)
     try:
         if ckpt.latest_step() is None:
             raise LwmError(f"{where}: contains no checkpoint")

@@ -29,7 +29,7 @@ def write_video(
     """
     path = pathlib.Path(path)
     if path.exists() and not overwrite:
-        raise LwmError(f"{path}: already exists (pass overwrite to replace it)")
+        raise LwmError(f"{path}: already exists (pass --overwrite to replace it)")
     if not fps > 0:
         raise LwmError(f"fps must be > 0, got {fps}")
     path.parent.mkdir(parents=True, exist_ok=True)
