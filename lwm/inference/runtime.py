@@ -32,7 +32,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-cache-len", type=int, default=None, help="fixed KV-cache capacity (default: auto)"
     )
-    p.add_argument("--template", default=None, help="JSON file overriding prompt template fields")
+    p.add_argument(
+        "--template",
+        default=None,
+        help="'lwm' (LWM's own prompt layout, token for token) or a JSON file overriding "
+        "prompt template fields",
+    )
     p.add_argument("--system", default=None, help="system sentence of the prompt template")
 
 
@@ -112,9 +117,12 @@ def load_tokenizer(path: str | None, checkpoint: str):
 def load_template(args: argparse.Namespace):
     import dataclasses
 
-    from lwm.inference.prompts import PromptTemplate
+    from lwm.inference.prompts import NAMED_TEMPLATES, PromptTemplate
 
-    template = PromptTemplate.from_json(args.template) if args.template else PromptTemplate()
+    if args.template in NAMED_TEMPLATES:
+        template = NAMED_TEMPLATES[args.template]
+    else:
+        template = PromptTemplate.from_json(args.template) if args.template else PromptTemplate()
     if args.system is not None:
         template = dataclasses.replace(template, system=args.system)
     return template
