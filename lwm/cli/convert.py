@@ -20,7 +20,9 @@ def add_parser(subparsers) -> None:
     )
     a.set_defaults(func=_from_hf)
     b = sub.add_parser(
-        "to-hf", help="lwm checkpoint -> HF LlamaForCausalLM directory (text models)"
+        "to-hf",
+        help="lwm checkpoint -> HF LlamaForCausalLM directory (a vision model: one vocabulary "
+        "of text ids then vision ids, plus lwm_vision.json with the offsets)",
     )
     b.add_argument("ckpt_dir", help="lwm model checkpoint or training workdir")
     b.add_argument("out_dir", help="new HF directory (must not exist or be empty)")
