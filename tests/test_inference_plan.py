@@ -1,4 +1,5 @@
-"""`lwm plan --inference`: the sampler's prefill chunk and decode step compiled on abstract shapes."""
+"""`lwm plan --inference`: the sampler's prefill chunk and decode step, compiled on abstract
+shapes."""
 
 import json
 

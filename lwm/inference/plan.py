@@ -138,6 +138,7 @@ def plan_inference(
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh))
     shardings = param_shardings(model, mesh)
     sampler = Sampler(model, mesh=mesh, prefill_chunk=prefill_chunk, cache_block=cache_block)
+
     def with_sharding(v, s):
         x = v.get_value()
         return v.replace(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s))

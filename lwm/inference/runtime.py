@@ -35,8 +35,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--template",
         default=None,
-        help="'lwm' (LWM's own prompt layout, token for token) or a JSON file overriding "
-        "prompt template fields",
+        help="'lwm' (lwm chat: LWM's vision_chat prompt token for token; other commands keep "
+        "the default pieces) or a JSON file overriding prompt template fields",
     )
     p.add_argument("--system", default=None, help="system sentence of the prompt template")
 

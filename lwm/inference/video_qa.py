@@ -42,6 +42,7 @@ class VideoContext:
     vision: list[int] | None = None
     """The video's vision tokens, kept for layouts that prefill them per question."""
     reserve: int = 1024
+    """Cache slots reserved past a per-question prefill (the lwm layout)."""
 
 
 def check_vision_model(config, codebook_size: int, where: str = "the checkpoint") -> None:
