@@ -121,3 +121,13 @@ def test_chat_lwm_template_end_to_end(assets, monkeypatch, capsys):  # noqa: F81
             seq[0, i] = nxt
             new.append(nxt)
         assert printed.strip() == tok.decode(new).strip()
+
+
+def test_chat_help_says_the_lwm_layout_cannot_share_the_video(capsys):
+    from lwm.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "question BEFORE the video" in text and "cannot be shared across questions" in text
+    assert "default: lwm's cached layout" in text
