@@ -78,7 +78,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from lwm.data.tokenizer import train_tokenizer
+    from lwm.data.tokenizer import Tokenizer, train_tokenizer
     from lwm.inference.prompts import LWM_TEMPLATE, lwm_vision_chat_prompt
     from lwm.inference.sampler import Sampler
     from lwm.models.config import ModelConfig
@@ -145,13 +145,15 @@ def main() -> None:
         (float(np.median(steady[-q:])) - float(np.median(steady[:q]))) / 2**20, 1
     )
     out["rss_swing_mb"] = round((max(steady) - min(steady)) / 2**20, 1)
+    _phase("read+encode", out)
     out["all_frames_would_be_mb"] = round(len(tv.timestamps) * args.resolution**2 * 3 / 2**20, 1)
 
     corpus = work / "corpus.txt"
     rng = np.random.default_rng(0)
     words = "you are a helpful assistant user what happens in the video vision frame".split()
     corpus.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(300)) + "\n")
-    tok = train_tokenizer([corpus], 300, work / "tok.model")
+    tok_path = work / "tok.model"
+    tok = Tokenizer(tok_path) if tok_path.exists() else train_tokenizer([corpus], 300, tok_path)
     question = "What happens in the video?"
     tokens, mask = lwm_vision_chat_prompt(tok, LWM_TEMPLATE, question, tv.tokens.tolist())
     total = len(tokens)
