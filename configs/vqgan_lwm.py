@@ -1,4 +1,8 @@
-"""LWM-shaped VQGAN: 256x256 -> 16x16 codes, codebook 8192 x 64, widths 128 * (1, 2, 2, 4, 6).
+"""LWM's VQGAN: 256x256 -> 16x16 codes, codebook 8192 x 64, widths 128 * (1, 2, 2, 4, 6),
+2 residual blocks per encoder level, 3 per decoder level (LWM's num_res_blocks + 1), 2 in each
+middle stage, GroupNorm(32, eps 1e-6), no attention. Same architecture as LWM's `lwm/vqgan.py`
+defaults, so LWM's released weights load into it:
+`lwm convert vqgan-from-lwm vqgan OUT_DIR`.
 
 `lwm vqgan train --config vqgan_lwm --workdir DIR --config.data.paths="('videos/',)"`
 """
@@ -16,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
             base_channels=128,
             channel_multipliers=(1, 2, 2, 4, 6),
             num_res_blocks=2,
+            decoder_res_blocks=3,
+            mid_res_blocks=2,
             norm_groups=32,
             codebook_size=8192,
             embed_dim=64,

@@ -12,7 +12,8 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED_DIR = REPO_ROOT.parent / "shared"
+# ../shared beside the repo; a git worktree elsewhere can point LWM_SHARED_DIR at it.
+SHARED_DIR = pathlib.Path(os.environ.get("LWM_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
 @pytest.fixture(scope="session")

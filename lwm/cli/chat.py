@@ -5,7 +5,10 @@ batches and prefilled *once* as the prefix `<s>{system} USER: <vision>[video]</v
 question (`\\n{question} ASSISTANT:`) is answered from that cached prefix, so asking many questions
 costs one encode and one long prefill. Without --question, questions are read from stdin, one per
 line, until EOF (interactive mode). The template is configurable with --template / --system
-(see `lwm.inference.prompts`).
+(see `lwm.inference.prompts`). `--template lwm` is LWM's vision_chat layout token for token
+(question before the video, `<vision>` codes `</vision>`; `--frames N` picks frames at
+linspace(0, n - 1, N) indices as LWM does): the video is encoded once but prefilled again
+for every question.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ from lwm.video.policy import add_allow_short_arg
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("chat", help="answer questions about a video or image")
     add_model_args(p)
+    for action in p._actions:
+        if action.dest == "template":
+            action.help = (
+                "'lwm': LWM's vision_chat prompt token for token (question BEFORE the video, "
+                "so the video cannot be shared across questions: it is encoded once but "
+                "prefilled again per question); default: lwm's cached layout (video first, "
+                "prefilled once for all questions); or a JSON file of template fields"
+            )
     p.add_argument("--vqgan", required=True, help="VQGAN checkpoint (lwm vqgan train)")
     p.add_argument("--video", required=True, help="video or image file")
     p.add_argument(
@@ -30,7 +41,13 @@ def add_parser(subparsers) -> None:
         help="question (repeatable); none = read questions from stdin",
     )
     sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--frames", type=int, default=None, help="frames evenly spaced over the video")
+    sel.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="frames evenly spaced over the video (with --template lwm: LWM's pick, frame "
+        "indices linspace(0, n-1, N), all frames when the video has at most N)",
+    )
     sel.add_argument(
         "--fps", type=float, default=None, help="frames per second to read (default 1)"
     )
@@ -90,9 +107,14 @@ def _run(args: argparse.Namespace) -> int:
     fps = args.fps if args.fps is not None or args.frames is not None else 1.0
     t0 = time.perf_counter()
     ctx = qa.load(args.video, frames=args.frames, fps=fps, start=args.start, end=args.end)
+    done = (
+        f"prefix of {ctx.prefix.num_tokens} tokens encoded and prefilled"
+        if ctx.prefix is not None
+        else "encoded (LWM layout: prefilled per question)"
+    )
     print(
-        f"[{args.video}: {ctx.n_frames} frames, {ctx.vision_tokens} vision tokens, prefix of "
-        f"{ctx.prefix.num_tokens} tokens encoded and prefilled in {time.perf_counter() - t0:.1f}s]",
+        f"[{args.video}: {ctx.n_frames} frames, {ctx.vision_tokens} vision tokens, {done} in "
+        f"{time.perf_counter() - t0:.1f}s]",
         file=sys.stderr,
     )
     for question in _questions(args):

@@ -44,6 +44,14 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="skip lengths beyond the checkpoint's max_sequence_length instead of failing",
     )
+    p.add_argument(
+        "--template",
+        choices=["default", "lwm"],
+        default="default",
+        help="prompt: default (BOS + context + '\\nQuestion: ...\\nAnswer:', lwm's training "
+        "format) or lwm (LWM's eval_needle chat wrapping, token for token: 'You are a helpful "
+        "assistant. USER: {context} {question} Don't give ... ASSISTANT: ')",
+    )
     p.add_argument("--title", default=None, help="heatmap title")
     add_strict_arg(p)
     p.set_defaults(func=run)
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         num_retrieve=args.retrieve,
         num_values=args.values,
         seed=args.seed,
+        template=args.template,
     )
     load_haystack(spec.haystack)  # bad haystack: fail before loading the model
 

@@ -46,6 +46,14 @@ def add_parser(subparsers) -> None:
         "batch_tokens, at least one sequence per dp*fsdp shard)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per stage on stdout")
+    p.add_argument(
+        "--inference",
+        action="store_true",
+        help="plan inference instead: compile the sampler's prefill chunk and decode step for a "
+        "--seq-len token KV cache; per-device weights, KV cache, temporaries",
+    )
+    p.add_argument("--mesh", default=None, help="with --inference: e.g. tp=8,sp=8 (default sp=all)")
+    p.add_argument("--prefill-chunk", type=int, default=512, help="with --inference")
     p.set_defaults(func=run)
 
 
@@ -63,6 +71,9 @@ def _argv(args: argparse.Namespace) -> list[str]:
             out += [flag, str(value)]
     if args.json:
         out.append("--json")
+    if args.inference:
+        out += ["--inference", "--prefill-chunk", str(args.prefill_chunk)]
+        out += ["--mesh", args.mesh] if args.mesh else []
     return out + [f"--config.{o}" for o in args.config_overrides]
 
 
@@ -105,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     if args.devices is not None and not _use_devices(args.devices):
         return _rerun_with_devices(args)
 
+    if args.inference:
+        from lwm.inference.plan import run_plan_cli
+
+        return run_plan_cli(args)
     from lwm.config import load_config
     from lwm.training.plan import format_plan, parse_bytes, plan_stage
     from lwm.training.run_spec import parse_run

@@ -52,8 +52,13 @@ class NeedleSpec:
     """Base seed; each sample's seed derives from it, its length, depth and index."""
     question_template: str = "\nQuestion: {question}\nAnswer:"
     """How the question follows the context (must match the model's training format)."""
+    template: str = "default"
+    """`default` (BOS + context + question_template) or `lwm`: LWM's eval_needle chat wrapping
+    (`lwm.inference.prompts.LWM_NEEDLE`, the bare question; question_template unused)."""
 
     def __post_init__(self):
+        if self.template not in ("default", "lwm"):
+            raise LwmError(f"needle template {self.template!r}: expected default or lwm")
         if self.num_needles < 1 or self.num_values < 1:
             raise LwmError("needles and values per needle must be >= 1")
         if not 1 <= self.num_retrieve <= self.num_needles:
@@ -146,22 +151,37 @@ def load_haystack(source: str) -> Haystack:
     )
 
 
-def build_prompt(tokenizer: Tokenizer, task: NeedleTask) -> list[int]:
-    """BOS + context + question, tokenized as the `[context+question],answer` training format."""
+def build_prompt(tokenizer: Tokenizer, task: NeedleTask, template: str = "default") -> list[int]:
+    """BOS + context + question, tokenized as the `[context+question],answer` training format;
+    `template="lwm"`: LWM's eval_needle prompt for the same context and question."""
+    if template == "lwm":
+        from lwm.inference.prompts import LWM_TEMPLATE, lwm_needle_prompt
+
+        return lwm_needle_prompt(tokenizer, LWM_TEMPLATE, task.context, task.question)
     return tokenizer.encode(f"{task.context} {task.question}", bos=True)
 
 
+def _wrap_tokens(tokenizer: Tokenizer, template: str) -> int:
+    """Tokens a prompt template adds around context + question (0 for the default)."""
+    if template != "lwm":
+        return 0
+    from lwm.inference.prompts import LWM_TEMPLATE, lwm_needle_prompt
+
+    return len(lwm_needle_prompt(tokenizer, LWM_TEMPLATE, "", "")) - 1  # its BOS is counted
+
+
 def make_task(tokenizer: Tokenizer, haystack: Haystack, spec: NeedleSpec, job: Job) -> NeedleTask:
+    lwm = spec.template == "lwm"
     return make_needle_task(
         tokenizer,
-        job.length,
+        job.length - _wrap_tokens(tokenizer, spec.template),
         depth=job.depth,
         num_keys=spec.num_needles,
         num_values=spec.num_values,
         num_queries=spec.num_retrieve,
         haystack=haystack,
         seed=sample_seed(spec, job),
-        question_template=spec.question_template,
+        question_template="{question}" if lwm else spec.question_template,
     )
 
 
@@ -227,7 +247,7 @@ def run_needle_eval(
     with undo_new_dir_on_error(out, existed), open(results_path, "a", encoding="utf-8") as f:
         for batch, n_real in padded_batches(todo, batch_size):
             tasks = [make_task(tokenizer, haystack, spec, j) for j in batch[:n_real]]
-            prompts = [build_prompt(tokenizer, t) for t in tasks]
+            prompts = [build_prompt(tokenizer, t, spec.template) for t in tasks]
             budget = max_new_tokens or max(len(tokenizer.encode(t.answer)) + 8 for t in tasks)
             outputs = answer(prompts + [prompts[0]] * (len(batch) - n_real), budget)
             if len(outputs) != len(batch):

@@ -33,7 +33,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-cache-len", type=int, default=None, help="fixed KV-cache capacity (default: auto)"
     )
-    p.add_argument("--template", default=None, help="JSON file overriding prompt template fields")
+    p.add_argument(
+        "--template",
+        default=None,
+        help="'lwm' (lwm chat: LWM's vision_chat prompt token for token; other commands keep "
+        "the default pieces) or a JSON file overriding prompt template fields",
+    )
     p.add_argument("--system", default=None, help="system sentence of the prompt template")
     add_strict_arg(p)
 
@@ -124,9 +129,12 @@ def check_tokenizer_fits(tokenizer, vocab_size: int, where: str = "the model") -
 def load_template(args: argparse.Namespace):
     import dataclasses
 
-    from lwm.inference.prompts import PromptTemplate
+    from lwm.inference.prompts import NAMED_TEMPLATES, PromptTemplate
 
-    template = PromptTemplate.from_json(args.template) if args.template else PromptTemplate()
+    if args.template in NAMED_TEMPLATES:
+        template = NAMED_TEMPLATES[args.template]
+    else:
+        template = PromptTemplate.from_json(args.template) if args.template else PromptTemplate()
     if args.system is not None:
         template = dataclasses.replace(template, system=args.system)
     return template

@@ -5,7 +5,8 @@
 prefills it into a one-row KV cache. `VideoQA.ask` then only prefills the question's few tokens on
 top of a copy of that cache and decodes the answer, so the cost of the video is paid once however
 many questions follow (`encoded_videos`, `encoded_frames` and the sampler's prefill counters record
-the work done).
+the work done). With LWM's question-first layout (`template.layout == "lwm"`) the video is still
+encoded once, but each question's whole prompt is prefilled (the prefix depends on the question).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from collections.abc import Callable
 import numpy as np
 
 from lwm.errors import LwmError
-from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate, question_suffix, video_prefix
+from lwm.inference.prompts import (
+    DEFAULT_TEMPLATE,
+    PromptTemplate,
+    lwm_vision_chat_prompt,
+    question_suffix,
+    video_prefix,
+)
 from lwm.inference.sampler import Prefix, Sampler
 from lwm.inference.sampling import GREEDY, SamplingConfig
 
@@ -27,10 +34,15 @@ class VideoContext:
     """A video ready for questions."""
 
     path: str
-    prefix: Prefix
+    prefix: Prefix | None
+    """The cached prompt prefix (None with LWM's question-first layout)."""
     n_frames: int
     vision_tokens: int
     timestamps: list[float]
+    vision: list[int] | None = None
+    """The video's vision tokens, kept for layouts that prefill them per question."""
+    reserve: int = 1024
+    """Cache slots reserved past a per-question prefill (the lwm layout)."""
 
 
 def check_vision_model(config, codebook_size: int, where: str = "the checkpoint") -> None:
@@ -108,18 +120,36 @@ class VideoQA:
             batch_size=self.encode_batch,
             eof_id=cfg.vision_eof_id,
             eov_id=cfg.vision_eov_id,
+            lwm_pick=self.template.layout == "lwm",
         )
         self.encoded_videos += 1
         self.encoded_frames += video.n_frames
-        tokens, mask = video_prefix(self.tokenizer, self.template, video.tokens.tolist())
-        if len(tokens) >= cfg.max_sequence_length:
+        vision = video.tokens.tolist()
+        if self.template.layout == "lwm":
+            tokens, _ = lwm_vision_chat_prompt(self.tokenizer, self.template, "", vision)
+            self._check_length(path, video.n_frames, len(tokens))
+            return VideoContext(
+                str(path), None, video.n_frames, len(vision), video.timestamps, vision, reserve
+            )
+        tokens, mask = video_prefix(self.tokenizer, self.template, vision)
+        self._check_length(path, video.n_frames, len(tokens))
+        prefix = self.sampler.prefill(tokens, vision_mask=mask, reserve=reserve)
+        return VideoContext(str(path), prefix, video.n_frames, len(vision), video.timestamps)
+
+    def _check_length(self, path, n_frames: int, n_tokens: int) -> None:
+        limit = self.sampler.config.max_sequence_length
+        if n_tokens >= limit:
             raise LwmError(
-                f"{path}: {video.n_frames} frames make a prompt of {len(tokens)} tokens, longer "
-                f"than the model's max_sequence_length {cfg.max_sequence_length} "
+                f"{path}: {n_frames} frames make a prompt of {n_tokens} tokens, longer "
+                f"than the model's max_sequence_length {limit} "
                 "(select fewer frames with --frames or --fps)"
             )
-        prefix = self.sampler.prefill(tokens, vision_mask=mask, reserve=reserve)
-        return VideoContext(str(path), prefix, video.n_frames, len(video.tokens), video.timestamps)
+
+    def prompt_tokens(self, ctx: VideoContext, question: str) -> tuple[list[int], list[bool]]:
+        """The whole prompt (tokens, vision mask) a question is answered from."""
+        if self.template.layout == "lwm":
+            return lwm_vision_chat_prompt(self.tokenizer, self.template, question, ctx.vision)
+        raise LwmError("prompt_tokens is only for the lwm layout (the default caches a prefix)")
 
     def ask_tokens(
         self,
@@ -131,11 +161,20 @@ class VideoQA:
         seed: int = 0,
         stream: Callable[[int, np.ndarray], None] | None = None,
     ) -> list[int]:
-        """Answer tokens (EOS dropped) for one question, reusing the cached video prefix."""
-        suffix = question_suffix(self.tokenizer, self.template, question)
+        """Answer tokens (EOS dropped) for one question, reusing the cached video prefix (with
+        the lwm layout: prefilling the question, the video and the tail for this question)."""
+        prefix = ctx.prefix
+        if self.template.layout == "lwm":
+            tokens, mask = self.prompt_tokens(ctx, question)
+            self._check_length(ctx.path, ctx.n_frames, len(tokens))
+            # All but the last token are prefilled; the last one starts the answer's decode.
+            prefix = self.sampler.prefill(tokens[:-1], vision_mask=mask[:-1], reserve=ctx.reserve)
+            suffix = tokens[-1:]
+        else:
+            suffix = question_suffix(self.tokenizer, self.template, question)
         eos = self.tokenizer.eos_id
         out = self.sampler.generate_from(
-            ctx.prefix,
+            prefix,
             [suffix],
             max_new_tokens=max_new_tokens,
             sampling=sampling,

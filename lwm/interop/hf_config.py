@@ -77,13 +77,12 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 def model_config_to_hf(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dict[str, Any]:
-    """A config.json dict that transformers' LlamaForCausalLM loads (text part only)."""
-    if cfg.has_vision:
-        raise LwmError("HF export supports text models only (this model has a vision vocabulary)")
+    """A config.json dict that transformers' LlamaForCausalLM loads. A vision model becomes one
+    vocabulary of text ids then vision ids (`vision_sidecar`), with an untied lm_head."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": cfg.vocab_size + cfg.vision_vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
         "num_hidden_layers": cfg.num_layers,
@@ -95,7 +94,8 @@ def model_config_to_hf(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dic
         "rope_theta": cfg.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "max_position_embeddings": cfg.max_sequence_length,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
+        # lwm's vision head is its own matrix, never the vision table: untied once combined.
+        "tie_word_embeddings": cfg.tie_word_embeddings and not cfg.has_vision,
         "attention_bias": False,
         "mlp_bias": False,
         "initializer_range": cfg.initializer_range,
@@ -103,4 +103,27 @@ def model_config_to_hf(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dic
         "eos_token_id": 2,
         "torch_dtype": torch_dtype,
         "dtype": torch_dtype,
+    }
+
+
+VISION_SIDECAR = "lwm_vision.json"
+"""File next to config.json describing the combined text ++ vision vocabulary."""
+
+
+def vision_sidecar(cfg: ModelConfig) -> dict[str, Any]:
+    """Offsets of an exported vision model: HF id = text id, or vision_offset + vision id."""
+    off = cfg.vocab_size
+    return {
+        "format": "lwm-vision-vocab/1",
+        "text_vocab_size": cfg.vocab_size,
+        "vision_offset": off,
+        "vision_vocab_size": cfg.vision_vocab_size,
+        "vision_eof_id": off + cfg.vision_eof_id,
+        "vision_eov_id": off + cfg.vision_eov_id,
+        "vision_eof_code": cfg.vision_eof_id,
+        "vision_eov_code": cfg.vision_eov_id,
+        "vocab_size": off + cfg.vision_vocab_size,
+        "how": "hf_id = vision_offset + code for vision tokens (VQGAN codes, end-of-frame, "
+        "end-of-video), text ids unchanged; logits[..., :vision_offset] are lwm's text logits "
+        "and logits[..., vision_offset:] its vision logits",
     }

@@ -17,7 +17,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from lwm.errors import LwmError
-from lwm.interop.hf_config import model_config_from_hf, model_config_to_hf
+from lwm.interop.hf_config import (
+    VISION_SIDECAR,
+    model_config_from_hf,
+    model_config_to_hf,
+    vision_sidecar,
+)
 from lwm.interop.hf_weights import hf_tensor_names, params_from_hf, params_to_hf
 from lwm.io import FILE_MODE, write_json
 
@@ -147,7 +152,8 @@ def convert_from_hf(
 def convert_to_hf(
     ckpt_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "float32"
 ) -> pathlib.Path:
-    """Writes `config.json` + `model.safetensors` that transformers' LlamaForCausalLM loads."""
+    """Writes `config.json` + `model.safetensors` that transformers' LlamaForCausalLM loads; a
+    vision model also gets `lwm_vision.json` (the vision ids' offset, end-of-frame/video ids)."""
     from safetensors.numpy import save_file
 
     from lwm.models.io import load_params_numpy
@@ -161,6 +167,8 @@ def convert_to_hf(
     with atomic_output_dir(out) as tmp:
         write_json(tmp / "config.json", hf_config, indent=2)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if cfg.has_vision:
+            write_json(tmp / VISION_SIDECAR, vision_sidecar(cfg), indent=2)
         for f in tmp.iterdir():  # safetensors writes 0600; these files are made to be shared
             os.chmod(f, FILE_MODE)
     return out

@@ -5,7 +5,9 @@ HF stores linear weights as `[out, in]`; lwm stores `[in, ...]` with heads split
   o_proj [D, N*H] -> wo [N, H, D]
   gate/up_proj [F, D] -> w_gate/w_up [D, F];  down_proj [D, F] -> w_down [F, D]
   embed_tokens [V, D] -> embed.text;  lm_head [V, D] -> lm_head [D, V]
-Both use the rotate-half RoPE layout, so no q/k column permutation is needed.
+Both use the rotate-half RoPE layout, so no q/k column permutation is needed. A vision model
+exports as one vocabulary, text ids then vision ids: embed_tokens = embed.text ++ embed.vision,
+lm_head = text head ++ vision_head (both [V + Vv, D]).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def params_from_hf(get: Callable[[str], np.ndarray], cfg: ModelConfig, *, dtype=
 
 
 def params_to_hf(params: dict, cfg: ModelConfig, *, dtype=np.float32) -> dict[str, np.ndarray]:
-    """The inverse of `params_from_hf` (text parameters only)."""
+    """The inverse of `params_from_hf`; vision parameters are appended after the text rows."""
     d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
 
     def arr(x) -> np.ndarray:
@@ -107,6 +109,14 @@ def params_to_hf(params: dict, cfg: ModelConfig, *, dtype=np.float32) -> dict[st
     }
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = arr(np.asarray(params["lm_head"]).T)
+    if cfg.has_vision:
+        text_head_vd = out.get("lm_head.weight", out["model.embed_tokens.weight"])
+        out["model.embed_tokens.weight"] = arr(
+            np.concatenate([params["embed"]["text"], params["embed"]["vision"]], axis=0)
+        )
+        out["lm_head.weight"] = arr(
+            np.concatenate([text_head_vd, np.asarray(params["vision_head"]).T], axis=0)
+        )
     for i in range(cfg.num_layers):
         if cfg.scan_layers:
             import jax

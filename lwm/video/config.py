@@ -23,7 +23,12 @@ class VQGANConfig:
     channel_multipliers: tuple[int, ...] = (1, 2, 2, 4, 6)
     """Per-level width multipliers; len - 1 stride-2 downsamplings (LWM: 256 -> 16)."""
     num_res_blocks: int = 2
-    """Residual blocks per level in the encoder and in the decoder."""
+    """Residual blocks per encoder level (and per decoder level unless `decoder_res_blocks`)."""
+    decoder_res_blocks: int = 0
+    """Residual blocks per decoder level; 0 = `num_res_blocks` (LWM: num_res_blocks + 1 = 3)."""
+    mid_res_blocks: int = 0
+    """Residual blocks in the encoder's and decoder's middle stage; 0 = `num_res_blocks`
+    (LWM: always 2)."""
     norm_groups: int = 32
     """GroupNorm groups (must divide every level's width)."""
     codebook_size: int = 8192
@@ -57,6 +62,11 @@ class VQGANConfig:
                     f"vqgan.norm_groups {self.norm_groups} does not divide level width "
                     f"{self.base_channels * m}"
                 )
+        if self.num_res_blocks < 1 or self.decoder_res_blocks < 0 or self.mid_res_blocks < 0:
+            raise ConfigError(
+                "vqgan.num_res_blocks must be >= 1, decoder_res_blocks / mid_res_blocks >= 0 "
+                "(0 = num_res_blocks)"
+            )
         if self.codebook_size < 2 or self.embed_dim < 1:
             raise ConfigError("vqgan.codebook_size must be >= 2 and embed_dim >= 1")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -65,6 +75,16 @@ class VQGANConfig:
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channel_multipliers) - 1)
+
+    @property
+    def decoder_blocks(self) -> int:
+        """Residual blocks per decoder level (resolved)."""
+        return self.decoder_res_blocks or self.num_res_blocks
+
+    @property
+    def mid_blocks(self) -> int:
+        """Residual blocks of the middle stages (resolved)."""
+        return self.mid_res_blocks or self.num_res_blocks
 
     @property
     def latent_size(self) -> int:

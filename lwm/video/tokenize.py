@@ -90,14 +90,23 @@ def tokenize_video(
     eof_id: int = 8192,
     eov_id: int = 8193,
     progress: Callable[[int], None] | None = None,
+    lwm_pick: bool = False,
 ) -> TokenizedVideo:
     """Streams the selected frames of `path` through `encode_fn` (uint8 [B, r, r, 3] -> codes
     [B, h, w], e.g. `make_encode_fn(vqgan)`) in fixed-size batches (the last one padded, so one
     compile serves every video). Memory: one batch of frames plus 4 bytes per output token.
+    `lwm_pick`: `frames=N` takes LWM's frame indices (`lwm.video.frame_pick`).
     """
     if batch_size < 1:
         raise LwmError(f"batch_size must be >= 1, got {batch_size}")
-    stream = read_frames(path, frames=frames, fps=fps, start=start, end=end, size=resolution)
+    if lwm_pick and frames is not None:
+        if start is not None or end is not None:
+            raise LwmError("LWM's frame pick (--frames with --template lwm) takes no start/end")
+        from lwm.video.frame_pick import read_lwm_frames
+
+        stream = read_lwm_frames(path, frames, size=resolution)
+    else:
+        stream = read_frames(path, frames=frames, fps=fps, start=start, end=end, size=resolution)
     chunks: list[np.ndarray] = []
     timestamps: list[float] = []
     pending = None  # (device result, n valid): encode of batch k overlaps decoding of batch k+1

@@ -6,7 +6,8 @@ Shape as LWM's tokenizer: 256x256 RGB -> 16x16 codes from an 8192 x 64 codebook,
 the batch is sharded, so params carry no logical-axis metadata.
 
 Parameter naming (paths in `nnx.state(model)`; kernels are HWIO, i.e. [kh, kw, in, out]; `L` =
-number of levels, `R` = num_res_blocks). A converter for published VQGAN weights maps onto these:
+number of levels, `R` = num_res_blocks, `Rd` = decoder_blocks, `Rm` = mid_blocks; LWM: R = 2,
+Rd = 3, Rm = 2). `lwm.interop.lwm_vqgan` maps LWM's released weights onto these:
 
 | path                                              | shape               | role                   |
 |---------------------------------------------------|---------------------|------------------------|
@@ -16,15 +17,15 @@ number of levels, `R` = num_res_blocks). A converter for published VQGAN weights
 | encoder.down.{l}.blocks.{r}.norm2 / conv2         | [Cl], [3,3,Cl,Cl]   | ResBlock norm/conv 2   |
 | encoder.down.{l}.blocks.{r}.shortcut.{kernel,bias}| [1,1,Cin,Cl]        | only when Cin != Cl    |
 | encoder.down.{l}.downsample.{kernel,bias}         | [3,3,Cl,Cl]         | stride 2, pad (0,1)    |
-| encoder.mid.{r}.*                                 | as ResBlock         | R blocks at C_{L-1}    |
+| encoder.mid.{r}.*                                 | as ResBlock         | Rm blocks at C_{L-1}   |
 | encoder.norm_out, encoder.conv_out                | [C], [3,3,C,D]      | to embed_dim D         |
 | quant_conv.{kernel,bias}                          | [1,1,D,D]           | pre-quantization 1x1   |
 | quantizer.codebook                                | [K, D]              | codebook               |
 | quantizer.usage                                   | [K]                 | usage EMA (not trained)|
 | post_quant_conv.{kernel,bias}                     | [1,1,D,D]           | post-quantization 1x1  |
 | decoder.conv_in                                   | [3,3,D,C_{L-1}]     | stem                   |
-| decoder.mid.{r}.*                                 | as ResBlock         | R blocks               |
-| decoder.up.{l}.blocks.{r}.*                       | as ResBlock         | level l (0 = finest)   |
+| decoder.mid.{r}.*                                 | as ResBlock         | Rm blocks              |
+| decoder.up.{l}.blocks.{r}.*                       | as ResBlock         | Rd per level, 0=finest |
 | decoder.up.{l}.upsample.{kernel,bias}             | [3,3,Cl,Cl]         | nearest x2 then conv   |
 | decoder.norm_out, decoder.conv_out                | [C0], [3,3,C0,3]    | to RGB                 |
 
@@ -123,7 +124,7 @@ class Encoder(nnx.Module):
             cin = w
         self.down = nnx.List(levels)
         self.mid = nnx.List(
-            [ResBlock(cin, cin, g, dtype=dt, rngs=rngs) for _ in range(cfg.num_res_blocks)]
+            [ResBlock(cin, cin, g, dtype=dt, rngs=rngs) for _ in range(cfg.mid_blocks)]
         )
         self.norm_out = nnx.GroupNorm(cin, num_groups=g, dtype=dt, rngs=rngs)
         self.conv_out = _conv(cin, cfg.embed_dim, 3, rngs, dt)
@@ -145,13 +146,13 @@ class Decoder(nnx.Module):
         top = widths[-1]
         self.conv_in = _conv(cfg.embed_dim, top, 3, rngs, dt)
         self.mid = nnx.List(
-            [ResBlock(top, top, g, dtype=dt, rngs=rngs) for _ in range(cfg.num_res_blocks)]
+            [ResBlock(top, top, g, dtype=dt, rngs=rngs) for _ in range(cfg.mid_blocks)]
         )
         # up[l] works at level l's width; built finest-first so indices match the encoder.
         levels = []
         for i, w in enumerate(widths):
             cin = widths[i + 1] if i + 1 < len(widths) else top
-            levels.append(UpLevel(cin, w, cfg.num_res_blocks, g, i > 0, dtype=dt, rngs=rngs))
+            levels.append(UpLevel(cin, w, cfg.decoder_blocks, g, i > 0, dtype=dt, rngs=rngs))
         self.up = nnx.List(levels)
         self.norm_out = nnx.GroupNorm(widths[0], num_groups=g, dtype=dt, rngs=rngs)
         self.conv_out = _conv(widths[0], cfg.in_channels, 3, rngs, dt)
