@@ -88,7 +88,7 @@ def test_chat_lwm_template_end_to_end(assets, monkeypatch, capsys):  # noqa: F81
     from lwm.cli.main import main
     from lwm.inference.sampler import Sampler
     from lwm.inference.video_qa import VideoQA
-    from lwm.video.vqgan import load_vqgan
+    from lwm.video.vqgan_checkpoint import load_vqgan
     from tests.test_inference_cli import _answers, _bikes, _count
 
     a = assets
