@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+from compile_cache import persistent_compile_cache
 from flax import nnx
 from model_fixtures import random_model
 
@@ -284,24 +285,8 @@ def test_resume_with_other_seq_len_refused(tmp_path, trained, capsys):
 def compile_cache(tmp_path_factory):
     """A persistent compilation cache shared by this module's training runs, in this process and
     in the signal tests' subprocesses (each train step is compiled once)."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = str(tmp_path_factory.mktemp("xla_cache"))
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    old = {n: getattr(jax.config, n) for n in names}
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    cc.reset_cache()
-    yield path
-    for n, v in old.items():
-        jax.config.update(n, v)
-    cc.reset_cache()
+    with persistent_compile_cache(str(tmp_path_factory.mktemp("xla_cache"))) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+from compile_cache import persistent_compile_cache
 
 from lwm.checkpoint import Checkpointer
 from lwm.cli.main import main
@@ -32,24 +33,8 @@ FAST = ["train.progress_bar=False", "train.peak_flops=1e12", "train.keep=1"]
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
     """A persistent compilation cache for this module's runs (this process and subprocesses)."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = str(tmp_path_factory.mktemp("xla_cache"))
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    old = {n: getattr(jax.config, n) for n in names}
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    cc.reset_cache()
-    yield path
-    for n, v in old.items():
-        jax.config.update(n, v)
-    cc.reset_cache()
+    with persistent_compile_cache(str(tmp_path_factory.mktemp("xla_cache"))) as path:
+        yield path
 
 
 def _env(cache):
