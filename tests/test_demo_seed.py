@@ -165,3 +165,26 @@ def test_demo_workdir_keeps_its_seed(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert lwm_main(["demo", "--workdir", str(tmp_path / "file")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_training_tasks_skip_excluded_seeds(text_data, monkeypatch):
+    """`needle_records(exclude_seeds=...)` never builds a task from an excluded seed (the demo
+    passes the eval's sample seeds)."""
+    import lwm.demo.data as demo_data
+    from lwm.data.tokenizer import Tokenizer
+
+    tok = Tokenizer(text_data["a"][0].data / "tokenizer.model")
+    real, seen = demo_data.make_needle_task, []
+
+    def spy(*args, **kw):
+        seen.append(kw["seed"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(demo_data, "make_needle_task", spy)
+    buckets = [demo_data.TaskBucket(96, 128, 8)]
+    kw = dict(max_keys=2, max_queries=1, seed=4)
+    demo_data.needle_records(tok, buckets, **kw)
+    first = set(seen)
+    seen.clear()
+    recs = demo_data.needle_records(tok, buckets, exclude_seeds=first, **kw)
+    assert len(recs) == 8 and seen and not set(seen) & first
