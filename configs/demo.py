@@ -122,6 +122,8 @@ def get_config():
     d.max_queries = 2  # ...up to 2 keys asked in the question...
     d.extra_queries = 7  # ...and the others asked back one by one (dense retrieval signal)
     d.copy_ratio = 1.0  # copy drills per needle task, per bucket
+    # The run's seed (`lwm demo --seed N`): corpus, tokenizer, tasks, drills and their shuffle;
+    # the pipeline sets train.seed from it (lwm/demo/seed.py). The evals' seeds are fixed.
     d.seed = 0
     d.eval_lengths = [512, 1024, 2048, 4096]
     d.eval_depths = "0:1:5"

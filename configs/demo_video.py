@@ -116,9 +116,11 @@ def get_config():
     # be most of what stage 2 reads.
     d.task_buckets = [[4, 8, 6000], [12, 32, 3000]]
     d.encode_batch = 32  # frames per VQGAN encode call
+    # The run's seed (`lwm demo --video --seed N`): training questions, tokenizer corpus and
+    # shuffle; the pipeline sets train.seed and vqgan_train.seed from it (lwm/demo/seed.py).
     d.seed = 0
     d.train_seed = 1  # base seed of the training questions (the eval's grid seeds are skipped)
-    d.eval_seed = 0
+    d.eval_seed = 0  # fixed, not demo.seed: every run's eval asks the same questions
     d.eval_lengths = [8, 16, 32, 64]  # frames; 64 = 2x the last stage
     d.eval_depths = "0:1:5"
     d.eval_samples = 4

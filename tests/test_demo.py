@@ -10,7 +10,8 @@ from lwm.cli.main import main as lwm_main
 
 def test_demo_smoke_runs_and_resumes(tmp_path, capsys):
     wd = tmp_path / "demo"
-    assert lwm_main(["demo", "--config", "demo_smoke", "--workdir", str(wd)]) == 0
+    args = ["demo", "--config", "demo_smoke", "--workdir", str(wd), "--seed", "3"]
+    assert lwm_main(args) == 0
     out = capsys.readouterr().out
     assert "Needle accuracy, single" in out and "| 256 | 1K |" in out.replace(
         "256 | 1K", "256 | 1K"
@@ -26,6 +27,10 @@ def test_demo_smoke_runs_and_resumes(tmp_path, capsys):
     ):
         assert (res / name).is_file(), name
     summary = json.loads((res / "summary.json").read_text())
+    # The run's seed: recorded in the workdir, named in the summary, the trainer's seed.
+    assert summary["seed"] == 3 and "Seed 3 " in (res / "summary.md").read_text()
+    assert json.loads((wd / "demo.json").read_text()) == {"demo": "text", "seed": 3}
+    assert json.loads((wd / "train" / "config.json").read_text())["train"]["seed"] == 3
     assert set(summary["stage_seconds"]) == {"0", "1", "2"}
     assert set(summary["phase_seconds"]) == {"data", "training", "evals"}
     assert summary["evals"]["single"]["lengths"] == [256, 1024]
@@ -36,9 +41,15 @@ def test_demo_smoke_runs_and_resumes(tmp_path, capsys):
     stamp = {p: p.stat().st_mtime_ns for p in (wd / "data").iterdir()}
     n_results = len((res / "needle_single" / "results.jsonl").read_text().splitlines())
     # Rerun: nothing regenerated, retrained or re-answered.
-    assert lwm_main(["demo", "--config", "demo_smoke", "--workdir", str(wd)]) == 0
+    assert lwm_main(args) == 0
     assert "already done" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in (wd / "data").iterdir()} == stamp
+    # Another seed into this workdir: one line, nothing touched.
+    everything = {p: p.stat().st_mtime_ns for p in wd.rglob("*")}
+    assert lwm_main([*args[:-1], "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed 3, not 4" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in wd.rglob("*")} == everything
     assert len((res / "needle_single" / "results.jsonl").read_text().splitlines()) == n_results
     assert json.loads((res / "stage_times.json").read_text()) == summary["stage_seconds"]
 

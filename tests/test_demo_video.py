@@ -58,6 +58,8 @@ def test_video_demo_outputs(demo_run, capsys):
     for name in ("summary.md", "summary.json", "loss_curve.png", "heatmap.png"):
         assert (res / name).is_file(), name
     summary = json.loads((res / "summary.json").read_text())
+    assert summary["seed"] == 0 and "Seed 0 " in (res / "summary.md").read_text()
+    assert json.loads((wd / "demo.json").read_text()) == {"demo": "video", "seed": 0}
     assert set(summary["stage_seconds"]) == {"0", "1"}
     assert list(summary["phase_seconds"]) == [
         "clips",

@@ -1,7 +1,8 @@
 """`lwm demo` (and `make demo`): generate data, train a tiny model with ring attention through
 growing context stages on 8 simulated CPU devices, evaluate needle retrieval up to 2x the last
 stage, and write plots and a summary. `lwm demo --video` (`make demo-video`) does the same for a
-vision-language model on real clips (tiny VQGAN, video needle eval). Rerunning resumes."""
+vision-language model on real clips (tiny VQGAN, video needle eval). Rerunning resumes;
+`--seed N` picks the run's data and init (lwm/demo/seed.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def add_parser(subparsers) -> None:
         default=None,
         help="directory for data, run and results (default: demo_run, or demo_video_run)",
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the run's seed (default: the config's demo.seed, 0): sets demo.seed (generated "
+        "data: corpus, tokenizer, tasks, drills, shuffles) and from it train.seed (init, data "
+        "order; vqgan_train.seed too with --video), the same as --config.demo.seed=N; the evals "
+        "keep their fixed questions. The workdir records it: a different seed there is refused",
+    )
     p.set_defaults(func=run)
 
 
@@ -48,9 +58,26 @@ def run(args: argparse.Namespace) -> int:
     video = bool(getattr(args, "video", False))
     name = args.config or ("demo_video" if video else "demo")
     workdir = args.workdir or ("demo_video_run" if video else "demo_run")
-    config = load_config(name, args.config_overrides)
+    overrides = list(args.config_overrides)
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key in ("train.seed", "vqgan_train.seed"):
+            raise ConfigError(
+                f"--config.{key}: the demo sets it from demo.seed; use --seed N "
+                "(or --config.demo.seed=N)"
+            )
+    config = load_config(name, overrides)
     if "demo" not in config:
         raise ConfigError(f"config {name} has no `demo` section (see configs/demo.py)")
+    seed = getattr(args, "seed", None)
+    if seed is not None:
+        if seed < 0:
+            raise ConfigError(f"--seed must be a non-negative integer, got {seed}")
+        given = any(o.partition("=")[0] == "demo.seed" for o in overrides)
+        if given and config.demo.seed != seed:
+            raise ConfigError(f"--seed {seed} and --config.demo.seed={config.demo.seed} disagree")
+        with config.demo.unlocked():
+            config.demo.seed = seed
     if video:
         from lwm.demo.video_pipeline import run_video_demo
 

@@ -81,6 +81,17 @@ class Tokenizer:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
 
 
+def _without_input_paths(model: bytes) -> bytes:
+    """The serialized model without the training input paths sentencepiece records (metadata
+    only), so the same text and settings give the same bytes wherever the files were."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model)
+    del proto.trainer_spec.input[:]
+    return proto.SerializeToString()
+
+
 def train_tokenizer(
     input_files: Sequence[str | os.PathLike],
     vocab_size: int,
@@ -96,8 +107,9 @@ def train_tokenizer(
     """Trains a LLaMA-style sentencepiece model (unk=0, bos=1, eos=2, no pad; digits split, byte
     fallback so any text round-trips) and writes it atomically to `out_path`.
 
-    Deterministic: same files, settings and seed give the same model bytes (single-threaded
-    training; the input is sampled with a seeded generator when longer than `max_sentences`).
+    Deterministic: same text, settings and seed give the same model bytes, wherever the files
+    are (single-threaded training; the input is sampled with a seeded generator when longer
+    than `max_sentences`; the input paths are not recorded).
     """
     import sentencepiece as spm
 
@@ -143,5 +155,5 @@ def train_tokenizer(
         raise LwmError(
             f"sentencepiece training failed: {str(e).strip().splitlines()[-1]}"
         ) from None
-    write_bytes(out, buf.getvalue())  # atomic, 0644: a tokenizer is shared with the model
+    write_bytes(out, _without_input_paths(buf.getvalue()))  # atomic, 0644: shared with the model
     return Tokenizer(out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -100,6 +100,7 @@ def needle_records(
     extra_queries: int = 0,
     haystack: str = "noise",
     seed: int = 0,
+    exclude_seeds: Collection[int] = (),
     progress: bool = False,
 ) -> list[dict]:
     """Needle tasks: per task, lengths uniform in the bucket, depth uniform in [0, 1],
@@ -108,8 +109,10 @@ def needle_records(
     are then asked back one by one (up to `extra_queries`, in a random order): `recall_cue(key)`
     as a masked cue, the number as the trained answer. Every needle in a row is a lookup at its
     own distance, which trains retrieval across the whole row several times per example instead
-    of once."""
+    of once. No task uses a seed in `exclude_seeds` (the eval's sample seeds): whatever the
+    data seed, the training data holds no eval sample."""
     rng = np.random.default_rng(seed)
+    exclude = set(exclude_seeds)
     hay = Haystack(haystack)
     total = sum(b.count for b in buckets)
     bar = None
@@ -126,6 +129,8 @@ def needle_records(
             keys = min(keys, max(1, (length - 48) // 32))
             queries = int(rng.integers(1, min(keys, max_queries) + 1))
             depth, task_seed = float(rng.uniform()), int(rng.integers(1 << 62))
+            while task_seed in exclude:
+                task_seed = int(rng.integers(1 << 62))
             while True:  # fewer needles when they do not fit the length
                 queries = min(queries, keys)
                 spare = max(0, min(keys - queries, extra_queries))

@@ -1,6 +1,7 @@
 """The end-to-end demo: generated data -> ring-attention training through context stages ->
 needle evals -> pictures and a summary, all under one work directory.
 
+    WORKDIR/demo.json  the run's seed (lwm/demo/seed.py)
     WORKDIR/data/      corpus.txt, tokenizer.model, tasks.jsonl, dataset/
     WORKDIR/train/     the trainer's workdir (checkpoints per stage, metrics.jsonl, loss curve)
     WORKDIR/results/   heatmaps, loss_curve.png, summary.md / summary.json, eval results.jsonl
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import ml_collections
 
 from lwm.demo.phases import DemoPaths, Phases, stage_table, train_stages, write_summary_files
+from lwm.demo.seed import apply_seed, claim_workdir
 from lwm.errors import LwmError
 
 
@@ -83,6 +85,7 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
             max_queries=d.max_queries,
             extra_queries=d.extra_queries,
             seed=d.seed,
+            exclude_seeds=eval_sample_seeds(d),
             progress=True,
         )
         recs += copy_records(
@@ -99,11 +102,39 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
     return dataset
 
 
+def eval_specs(d: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """The demo's needle evals, name -> (spec, lengths, depths, samples): a single-needle grid up
+    to 2x the last stage and a multi-needle check. Their seeds are fixed, not `demo.seed`, so runs
+    of every seed answer the same questions."""
+    from lwm.evals.needle import NeedleSpec, parse_depths
+
+    depths = parse_depths(d.eval_depths)
+    return {
+        "single": (NeedleSpec(seed=1), list(d.eval_lengths), depths, d.eval_samples),
+        f"multi{d.multi_needles}": (
+            NeedleSpec(num_needles=d.multi_needles, seed=2),
+            list(d.multi_lengths),
+            depths,
+            d.multi_samples,
+        ),
+    }
+
+
+def eval_sample_seeds(d: ml_collections.ConfigDict) -> set[int]:
+    """Sample seeds of every eval question (no training task reuses one)."""
+    from lwm.evals.needle import grid_jobs, sample_seed
+
+    return {
+        sample_seed(spec, job)
+        for spec, lengths, depths, samples in eval_specs(d).values()
+        for job in grid_jobs(lengths, depths, samples)
+    }
+
+
 def run_evals(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[str, dict]:
     """Single-needle grid up to 2x the last stage and a multi-needle check; resumable."""
     from lwm.data.tokenizer import Tokenizer
     from lwm.evals.model_runner import load_eval_model
-    from lwm.evals.needle import NeedleSpec, parse_depths
     from lwm.evals.report import summarize
     from lwm.evals.results import read_results
     from lwm.evals.run import evaluate_needles, lazy_answerer
@@ -113,18 +144,8 @@ def run_evals(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[str, 
     answer = lazy_answerer(
         lambda: load_eval_model(paths.train, mesh_spec=d.eval_mesh or None), eos_id=tok.eos_id
     )
-    depths = parse_depths(d.eval_depths)
-    runs = {
-        "single": (NeedleSpec(seed=1), list(d.eval_lengths), depths, d.eval_samples),
-        f"multi{d.multi_needles}": (
-            NeedleSpec(num_needles=d.multi_needles, seed=2),
-            list(d.multi_lengths),
-            depths,
-            d.multi_samples,
-        ),
-    }
     out = {}
-    for name, (spec, lengths, dps, samples) in runs.items():
+    for name, (spec, lengths, dps, samples) in eval_specs(d).items():
         _say(f"needle eval '{name}': lengths {lengths}, {len(dps)} depths, {samples} samples")
         table = evaluate_needles(
             str(paths.train),
@@ -154,7 +175,15 @@ def write_summary(
     from lwm.evals.report import format_length
 
     table, last_loss = stage_table(config, paths, stage_times)
-    lines = ["# lwm demo results", "", *table]
+    seed = config.demo.seed
+    lines = [
+        "# lwm demo results",
+        "",
+        f"Seed {seed} (data: demo.seed = {seed}; init and data order: train.seed = {seed}); "
+        "every number below is from this run.",
+        "",
+        *table,
+    ]
     for name, s in evals.items():
         heads = [format_length(int(n)) for n in s["lengths"]]
         lines += [
@@ -170,6 +199,7 @@ def write_summary(
     copies = [(paths.train / "loss_curve.png", "loss_curve.png")]
     copies += [(paths.results / f"needle_{n}" / "heatmap.png", f"heatmap_{n}.png") for n in evals]
     data = {
+        "seed": seed,
         "stage_seconds": stage_times,
         "phase_seconds": phases.seconds,
         "evals": evals,
@@ -187,7 +217,7 @@ def run_demo(
     """The whole pipeline; returns the summary text."""
     phases = Phases()
     paths = DemoPaths(pathlib.Path(workdir).expanduser().resolve())
-    paths.root.mkdir(parents=True, exist_ok=True)
+    claim_workdir(paths.root, "text", apply_seed(config))  # before any work
     with phases("data"):
         dataset = prepare_data(config, paths)
         with config.unlocked():

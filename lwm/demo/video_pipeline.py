@@ -1,5 +1,6 @@
 """`lwm demo --video`: the vision-language half of the demo, under one work directory.
 
+    WORKDIR/demo.json       the run's seed (lwm/demo/seed.py)
     WORKDIR/data/clips/     frames of the real clips (PNG), split per clip: train/ and eval/
     WORKDIR/data/vqgan/     a tiny VQGAN trained on the train/ frames
     WORKDIR/data/           corpus.txt, tokenizer.model, tasks.jsonl, dataset/
@@ -32,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from lwm.demo.phases import DemoPaths, Phases, stage_table, train_stages, write_summary_files
+from lwm.demo.seed import apply_seed, claim_workdir
 from lwm.errors import LwmError
 from lwm.io import write_json
 
@@ -467,6 +469,9 @@ def write_video_summary(
     lines = [
         "# lwm demo --video results",
         "",
+        f"Seed {d.seed} (data: demo.seed = {d.seed}; init and data order: train.seed = "
+        f"vqgan_train.seed = {d.seed}); every number below is from this run.",
+        "",
         f"Clips (train+eval frames each; first {split['train_fraction']:.0%} of each clip in "
         f"time for training, the rest for the eval haystack): {clips}. "
         f"{split['train_frames']} training frames, {split['eval_frames']} eval frames.",
@@ -500,6 +505,7 @@ def write_video_summary(
         (paths.results / EVAL_DIR / "heatmap.png", "heatmap.png"),
     ]
     data = {
+        "seed": d.seed,
         "split": split,
         "vqgan": vqgan,
         "tasks": task_stats,
@@ -527,6 +533,7 @@ def run_video_demo(
     codebook = VQGANConfig.from_dict(config.vqgan).codebook_size
     check_vision_model(ModelConfig.from_dict(config.model), codebook, where="config.model")
     paths = VideoDemoPaths(pathlib.Path(workdir).expanduser().resolve())
+    claim_workdir(paths.root, "video", apply_seed(config))  # before any work
     paths.data.mkdir(parents=True, exist_ok=True)
     d = config.demo
     phases = Phases()
