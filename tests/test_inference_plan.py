@@ -44,3 +44,18 @@ def test_cli_reports_fit(capsys):
     assert "DOES NOT FIT" in out and "KV cache / device" in out
     assert main(["plan", "--inference", "--config", "debug"]) == 2
     assert "needs --seq-len" in capsys.readouterr().err
+
+
+def test_prefill_temporaries_follow_the_shard_not_the_cache():
+    """On sp=8, growing the cache 8x may grow a prefill chunk's temporaries by at most the growth
+    of the device's own KV shard (they hold a chunk's activations and per-block scores, not the
+    cache). Writing the chunk at a traced slot outside the shard_map made XLA gather each
+    layer's whole cache onto every device: the temporaries then grew by more than the whole
+    (all-device) cache."""
+    cfg = _cfg()  # f32: XLA:CPU computes bf16 dots in f32 (see the README's plan table)
+    mesh = make_mesh({"sp": 8})
+    small, big = (plan_inference(cfg, mesh, n, prefill_chunk=512) for n in (8192, 65536))
+    shard_growth = big.kv_cache - small.kv_cache
+    assert shard_growth == 7 * small.kv_cache > 0
+    assert big.prefill.temporaries - small.prefill.temporaries <= shard_growth
+    assert big.prefill.temporaries < big.kv_cache + 8 * 2**20  # a chunk's worth on a tiny model

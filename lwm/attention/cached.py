@@ -2,14 +2,20 @@
 
 Every device holds `S / sp` cache slots (the cache is sharded on `sp` like training activations)
 and the queries of the chunk (small: `prefill_chunk` tokens, or one token in decode). For a
-prefill chunk each device runs the blockwise online-softmax kernel of `lwm.attention.blockwise`
-over its own slots — key blocks that are empty, padding-only or in the causal future are skipped,
-so work follows the filled part of the cache, and scores never exceed `[chunk, key_block]`; a
+prefill chunk each device runs a blockwise online-softmax loop over its own slots, slicing key
+blocks out of its cache shard in place — key blocks that are empty, padding-only or in the causal
+future are skipped, so work follows the filled part of the cache, and scores never exceed
+`[chunk, key_block]`; a
 decode step (one query) takes a single masked dense pass over the local slots of the cache as it
 was before the step, and adds its own new key afterwards (`decode_attention`). Then the per-device
 partial results are merged with a log-sum-exp weighted sum over `sp` (two small collectives of
 the chunk's size; the cache itself never moves). This is ring attention's math with the roles
 reversed: the queries are tiny, so they are replicated instead of the keys being rotated.
+
+Writes go through `write_slots`: each device updates its own shard inside a shard_map (the
+chunk's slots map to (shard, local offset); a chunk may straddle shards). Left to the SPMD
+partitioner, a dynamic-update-slice at a traced slot on the sharded axis gathers the whole
+layer cache onto every device, so prefill temporaries grew with the full cache, not the shard.
 
 The cache is head-major, `[B, K, S, H]` per layer: both decode products are then matrix-vector
 products batched over (row, kv head) that stream the cache once, in place.
@@ -34,12 +40,10 @@ from jax.sharding import PartitionSpec as P
 
 from lwm.attention import mesh_sp
 from lwm.attention.blockwise import (
-    MaskSpec,
     check_heads,
     chunk_q,
     chunk_rows,
     finalize,
-    forward_step,
     init_state,
     unchunk_q,
 )
@@ -48,6 +52,7 @@ from lwm.errors import ConfigError
 from lwm.sharding import logical_to_spec
 
 SP = "sp"
+VALID_AXES = ("batch", "length")
 DENSE_MAX_QUERIES = 8
 """Up to this many queries (decode steps) use one dense masked pass over the local slots: its
 scores are only `[queries, S / sp]`, and it reads the cache in place. Longer chunks (prefill) use
@@ -128,10 +133,52 @@ def _local_dense(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, *, merge):
     return o, lse
 
 
-def _chunk_cache(x_bksh, k_chunk):
-    """Head-major cache `[B, K, S, H]` -> the blockwise kernel's `[nk, B, K, ck, H]`."""
-    b, kv_heads, s, h = x_bksh.shape
-    return x_bksh.reshape(b, kv_heads, s // k_chunk, k_chunk, h).transpose(2, 0, 1, 3, 4)
+def _prefill_partial(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, kv_lo, *, key_block):
+    """A prefill chunk against the local slots `[kv_lo, kv_lo + S_local)`: online softmax over
+    key blocks sliced from the head-major cache in place (no transposed copy of the cache), and
+    only over the blocks up to the chunk's last slot (the causal future is never visited).
+    Scores never exceed `[B, K, G, q_chunk, key_block]`. Returns fp32 (o `[nq, B, K, G, cq, H]`
+    normalised, lse `[nq, B, K, G, cq]`; -inf where a query saw no slot here)."""
+    b, t, n, h = q_btnh.shape
+    kv_heads, s_local = k_bksh.shape[1], k_bksh.shape[2]
+    cq, ck = _largest_divisor(t, 512), _largest_divisor(s_local, key_block)
+    q = chunk_q(q_btnh * jnp.asarray(h**-0.5, q_btnh.dtype), kv_heads, cq)
+    qi = chunk_rows(q_slots_t, cq)  # [nq, cq]
+    visible = valid_bs > 0
+
+    def q_body(_, xs):
+        q_c, qi_c = xs  # [B, K, G, cq, H], [cq]
+
+        def visit(j, mask, carry):
+            o, m, l = carry
+            k_c = lax.dynamic_slice_in_dim(k_bksh, j * ck, ck, 2)  # [B, K, ck, H]
+            v_c = lax.dynamic_slice_in_dim(v_bksh, j * ck, ck, 2)
+            s = jnp.einsum("bkgqh,bksh->bkgqs", q_c, k_c, preferred_element_type=jnp.float32)
+            s = jnp.where(mask[:, None, None], s, -jnp.inf)
+            m_new = jnp.maximum(m, s.max(-1))
+            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+            p = jnp.exp(s - m_safe[..., None])
+            corr = jnp.exp(m - m_safe)
+            pv = jnp.einsum(
+                "bkgqs,bksh->bkgqh", p.astype(v_c.dtype), v_c, preferred_element_type=jnp.float32
+            )
+            return o * corr[..., None] + pv, m_new, l * corr + p.sum(-1)
+
+        def kv_body(j, carry):
+            ki = kv_lo + j * ck + jnp.arange(ck, dtype=jnp.int32)
+            mask = (ki[None, :] <= qi_c[:, None])[None] & lax.dynamic_slice_in_dim(
+                visible, j * ck, ck, 1
+            )[:, None, :]  # [B, cq, ck]
+            # Empty or padding-only blocks cost nothing.
+            return lax.cond(jnp.any(mask), lambda c: visit(j, mask, c), lambda c: c, carry)
+
+        # Blocks holding a slot <= the chunk's last query slot; the rest is causal future.
+        n_blocks = jnp.clip((qi_c.max() - kv_lo) // ck + 1, 0, s_local // ck)
+        state = lax.fori_loop(0, n_blocks, kv_body, init_state(q_c))
+        return None, finalize(state)
+
+    _, (o, lse) = lax.scan(q_body, None, (q, qi))
+    return o, lse
 
 
 def _local_attention(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, *, key_block, sp, merge):
@@ -139,25 +186,10 @@ def _local_attention(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, *, key_block, 
     if t <= DENSE_MAX_QUERIES:
         o, _ = _local_dense(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, merge=merge)
         return o.reshape(b, t, n, h).astype(q_btnh.dtype)
-    kv_heads, s_local = k_bksh.shape[1], k_bksh.shape[2]
-    q_chunk = _largest_divisor(t, 512)
-    k_chunk = _largest_divisor(s_local, key_block)
-    spec = MaskSpec(causal=True, causal_block_size=None, q_chunk=q_chunk, k_chunk=k_chunk)
-    shard = lax.axis_index(SP) if merge else 0
-    kv_slots = shard * s_local + jnp.arange(s_local, dtype=jnp.int32)
-    q = chunk_q(q_btnh * jnp.asarray(h**-0.5, q_btnh.dtype), kv_heads, q_chunk)
-    state = forward_step(
-        q,
-        _chunk_cache(k_bksh, k_chunk),
-        _chunk_cache(v_bksh, k_chunk),
-        chunk_rows(q_slots_t, q_chunk),
-        chunk_rows(kv_slots, k_chunk),
-        chunk_rows(jnp.ones((b, t), jnp.int32), q_chunk),
-        chunk_rows(valid_bs.astype(jnp.int32), k_chunk),
-        init_state(q),
-        spec,
+    kv_lo = lax.axis_index(SP) * k_bksh.shape[2] if merge else 0
+    o, lse = _prefill_partial(
+        q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, kv_lo, key_block=key_block
     )
-    o, lse = finalize(state)  # rows that saw no slot here: o = 0, lse = -inf
     if merge:
         o, _ = _merge(o, lse, SP)
     return unchunk_q(o).astype(q_btnh.dtype)
@@ -276,6 +308,62 @@ def decode_attention(
     return o.reshape(b, t, n, h).astype(q_btnh.dtype)
 
 
+def _write_local(x, new, start, lo, axis):
+    """Writes `new` (`T` slots on `axis`) at global slot `start` into the local shard `x` that
+    holds global slots `[lo, lo + S_local)`; only the part of the chunk inside the shard lands.
+
+    One window of `W = min(T, S_local)` local slots is read, merged with the chunk where the
+    chunk covers it, and written back: a dynamic-update-slice of `W` slots on the shard, in
+    place, whatever the offset (a chunk may straddle two shards, or miss this one)."""
+    t, s_local = new.shape[axis], x.shape[axis]
+    w = min(t, s_local)
+    a = jnp.clip(start - lo, 0, s_local)  # first local slot the chunk covers
+    off = jnp.minimum(a, s_local - w)  # window [off, off + w) contains the covered range
+    i0 = lo + off - start  # chunk index of the window's first slot
+    pad = [(0, 0)] * new.ndim
+    pad[axis] = (w, w)
+    src = lax.dynamic_slice_in_dim(jnp.pad(new, pad), jnp.clip(i0 + w, 0, t + w), w, axis)
+    idx = i0 + jnp.arange(w, dtype=jnp.int32)
+    shape = [1] * new.ndim
+    shape[axis] = w
+    inside = ((idx >= 0) & (idx < t)).reshape(shape)
+    old = lax.dynamic_slice_in_dim(x, off, w, axis)
+    return lax.dynamic_update_slice_in_dim(x, jnp.where(inside, src, old), off, axis)
+
+
+def write_slots(
+    x: jax.Array, new: jax.Array, start: jax.Array, mesh: Any, *, axis: int
+) -> jax.Array:
+    """`x` with `new` written at slots `[start, start + T)` of `axis`, the slot axis, sharded over
+    `sp` as the cache is (`[B, K, S, H]` with axis 2, or the `[B, S]` valid mask with axis 1).
+
+    With `sp > 1` every device writes its own shard inside a shard_map. A dynamic-update-slice
+    at a traced offset on a sharded axis, left to the SPMD partitioner, all-gathers the whole
+    buffer on every device, updates it and slices it back: a full (unsharded) copy of each
+    layer cache in every prefill chunk's temporaries."""
+    sp = mesh_sp(mesh)
+    new = new.astype(x.dtype)
+    if sp == 1 or mesh is None:
+        out = lax.dynamic_update_slice_in_dim(x, new, start, axis)
+    else:
+        s_local = x.shape[axis] // sp
+        names = ("batch", "act_kv_heads", "length", "head_dim") if x.ndim == 4 else VALID_AXES
+        spec = logical_to_spec(names, x.shape, mesh)
+        new_spec = P(*(None if i == axis else a for i, a in enumerate(spec)))
+
+        def local(x, new, start):
+            return _write_local(x, new, start, lax.axis_index(SP) * s_local, axis)
+
+        out = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(spec, new_spec, P()),
+            out_specs=spec,
+            check_vma=False,
+        )(x, new, jnp.asarray(start, jnp.int32))
+    return out
+
+
 def check_cache(cfg: AttentionConfig, capacity: int | None, mesh: Any) -> None:
     """The cache attention's rules, before any compute: the model's attention must be
     token-causal (the cached path cannot reproduce block-causal masks), and a fixed capacity
@@ -319,7 +407,7 @@ class CacheSlots:
         key_block: int = 512,
     ) -> CacheSlots:
         t = valid_bt.shape[1]
-        valid_bs = lax.dynamic_update_slice(old_valid_bs, valid_bt.astype(jnp.int32), (0, start))
+        valid_bs = write_slots(old_valid_bs, valid_bt.astype(jnp.int32), start, mesh, axis=1)
         q_slots_t = start + jnp.arange(t, dtype=jnp.int32)
         return cls(start, valid_bt, old_valid_bs, valid_bs, q_slots_t, mesh, key_block)
 
@@ -357,7 +445,7 @@ def attend_cached(
     slots, k_bksh, v_bksh = cache.slots, cache.k_bksh, cache.v_bksh
     k_new = k_btkh.transpose(0, 2, 1, 3).astype(k_bksh.dtype)  # head-major [B, K, T, H]
     v_new = v_btkh.transpose(0, 2, 1, 3).astype(v_bksh.dtype)
-    at = (0, 0, slots.start, 0)
+    start, mesh = slots.start, slots.mesh
     if q_btnh.shape[1] <= DENSE_MAX_QUERIES:
         out_btnh = decode_attention(
             q_btnh,
@@ -370,11 +458,11 @@ def attend_cached(
             slots.q_slots_t,
             mesh=slots.mesh,
         )
-        k_bksh = lax.dynamic_update_slice(k_bksh, _after(k_new, out_btnh), at)
-        v_bksh = lax.dynamic_update_slice(v_bksh, _after(v_new, out_btnh), at)
+        k_bksh = write_slots(k_bksh, _after(k_new, out_btnh), start, mesh, axis=2)
+        v_bksh = write_slots(v_bksh, _after(v_new, out_btnh), start, mesh, axis=2)
     else:
-        k_bksh = lax.dynamic_update_slice(k_bksh, k_new, at)
-        v_bksh = lax.dynamic_update_slice(v_bksh, v_new, at)
+        k_bksh = write_slots(k_bksh, k_new, start, mesh, axis=2)
+        v_bksh = write_slots(v_bksh, v_new, start, mesh, axis=2)
         out_btnh = cached_attention(
             q_btnh,
             k_bksh,
