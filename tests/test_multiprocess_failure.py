@@ -89,9 +89,12 @@ def _losses(wd) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
-def _wait_for_step(wd, step, procs, timeout=240):
+def _wait_for_step(wd, step, procs, timeout=240, checkpoint=None):
+    """Until metrics reach `step` (and, if given, checkpoint `checkpoint` is finalized: orbax
+    renames a step's folder to its number only when the save has committed)."""
     t0 = time.time()
-    while max(_losses(wd), default=0) < step:
+    ckpt = None if checkpoint is None else pathlib.Path(wd) / "checkpoints" / str(checkpoint)
+    while max(_losses(wd), default=0) < step or (ckpt is not None and not ckpt.is_dir()):
         assert all(p.poll() is None for p in procs), "a process ended early"
         assert time.time() - t0 < timeout, "no progress"
         time.sleep(0.05)
@@ -119,7 +122,7 @@ def test_dead_or_stopped_process_then_resume_matches(tmp_path, cache, uninterrup
     # Usually the collective in flight fails at once; if process 0 is elsewhere (e.g. in a
     # checkpoint's barrier on a loaded machine), the watchdog ends it: either is one line, exit 3.
     procs = _start(wd, tmp_path, cache, LWM_PEER_TIMEOUT_S="15")
-    _wait_for_step(wd, 5, procs)  # checkpoints at 2 and 4 exist
+    _wait_for_step(wd, 5, procs, checkpoint=4)  # checkpoints at 2 and 4 exist
     procs[1].send_signal(signal.SIGKILL)
     t0 = time.time()
     rc0 = procs[0].wait(timeout=60)  # no hang: within 60 s
