@@ -159,3 +159,21 @@ def test_dead_or_stopped_process_then_resume_matches(tmp_path, cache, uninterrup
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert resumed[step] == uninterrupted[step], step  # bit for bit
+
+
+def test_peer_failure_is_recognised_through_orbax_barrier_errors():
+    """orbax's save barrier re-raises a failed gloo all-gather as a ValueError; other errors are
+    not a lost peer (they keep their traceback)."""
+    from lwm.training.peer_watchdog import is_peer_failure
+
+    gloo = "UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read error: Connection reset by peer"
+    assert is_peer_failure(ValueError(gloo))
+    try:
+        try:
+            raise ValueError(gloo)
+        except ValueError as inner:
+            raise RuntimeError("checkpoint save failed") from inner
+    except RuntimeError as outer:
+        assert is_peer_failure(outer)
+    assert not is_peer_failure(ValueError("batch size 3 not divisible by 2"))
+    assert not is_peer_failure(RuntimeError("UNAVAILABLE"))  # weak sign, not a runtime error

@@ -85,12 +85,23 @@ def start_peer_watchdog(process_id: int, num_processes: int) -> threading.Thread
 
 
 def is_peer_failure(e: BaseException) -> bool:
-    """Whether an exception raised in a multi-process job comes from a lost peer."""
-    text = str(e)
-    signs = ("Gloo", "Connection reset", "Connection closed", "heartbeat", "UNAVAILABLE")
-    return type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and any(
-        s in text for s in signs
-    )
+    """Whether an exception raised in a multi-process job comes from a lost peer: a runtime
+    error of a collective, or any error whose text names a failed gloo transfer (orbax's
+    checkpoint barrier re-raises the collective's failure as a ValueError), along the cause
+    chain."""
+    runtime = ("JaxRuntimeError", "XlaRuntimeError")
+    weak = ("Connection closed", "heartbeat", "UNAVAILABLE")
+    strong = ("Gloo", "Connection reset by peer")
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        if any(s in text for s in strong):
+            return True
+        if type(e).__name__ in runtime and any(s in text for s in weak):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def exit_on_peer_failure(e: BaseException, command: str) -> None:
