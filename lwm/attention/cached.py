@@ -220,6 +220,17 @@ def _specs(q_btnh, k_bksh, mesh, sp):
     return batch, heads, kv, (SP if sp > 1 else None)
 
 
+def _cache_in_specs(batch, heads, kv, seq):
+    """shard_map in_specs of (q, cache k, cache v, cache valid, query slots)."""
+    return (
+        P(batch, None, heads, None),
+        P(batch, kv, seq, None),
+        P(batch, kv, seq, None),
+        P(batch, seq),
+        P(None),
+    )
+
+
 def cached_attention(
     q_btnh: jax.Array,
     k_bksh: jax.Array,
@@ -243,13 +254,7 @@ def cached_attention(
     return jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(
-            P(batch, None, heads, None),
-            P(batch, kv, seq, None),
-            P(batch, kv, seq, None),
-            P(batch, seq),
-            P(None),
-        ),
+        in_specs=_cache_in_specs(batch, heads, kv, seq),
         out_specs=P(batch, None, heads, None),
         check_vma=False,
     )(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t)
@@ -291,13 +296,7 @@ def decode_attention(
         o_c, lse_c = jax.shard_map(
             local,
             mesh=mesh,
-            in_specs=(
-                P(batch, None, heads, None),
-                P(batch, kv, seq, None),
-                P(batch, kv, seq, None),
-                P(batch, seq),
-                P(None),
-            ),
+            in_specs=_cache_in_specs(batch, heads, kv, seq),
             out_specs=(P(batch, None, kv, None, None), P(batch, None, kv, None)),
             check_vma=False,
         )(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t)

@@ -20,6 +20,23 @@ _LLAMA2_7B = dict(
     max_sequence_length=4096,
 )
 
+# How lwm runs LWM's 7B models: scanned + rematted layers, bf16 compute over fp32 params, ring
+# attention (shared by `lwm-7b` and LWM's released models below).
+_LWM_RUNTIME = dict(
+    scan_layers=True,
+    remat_policy="full",
+    param_dtype="float32",
+    dtype="bfloat16",
+    attention=dict(
+        backend="ring",
+        query_chunk_size=1024,
+        key_chunk_size=1024,
+        layout="zigzag",
+        ffn_chunk_size=2048,
+    ),
+)
+_LWM_VISION = dict(vision_vocab_size=8448, vision_eof_id=8192, vision_eov_id=8193)
+
 PRESETS: dict[str, dict] = {
     # Unit tests and quick CLI checks.
     "debug": dict(
@@ -66,44 +83,17 @@ PRESETS: dict[str, dict] = {
     # 8193), at its final 1M-token stage (RoPE theta 50M), ring attention, scanned + rematted.
     "lwm-7b": dict(
         _LLAMA2_7B,
-        vision_vocab_size=8448,
-        vision_eof_id=8192,
-        vision_eov_id=8193,
+        **_LWM_RUNTIME,
+        **_LWM_VISION,
         rope_theta=50_000_000.0,
         max_sequence_length=1_048_576,
-        scan_layers=True,
-        remat_policy="full",
-        param_dtype="float32",
-        dtype="bfloat16",
-        attention=dict(
-            backend="ring",
-            query_chunk_size=1024,
-            key_chunk_size=1024,
-            layout="zigzag",
-            ffn_chunk_size=2048,
-        ),
     ),
 }
 
 # LWM's released models (LargeWorldModel/LWM README and paper, arXiv 2402.08268): LLaMA-2 7B with
 # LWM's rms_norm_eps 1e-6 and each context stage's RoPE theta. Released Jax checkpoints load with
 # `lwm convert from-lwm PARAMS OUT --config <name>`; the text models also ship as HF (from-hf).
-_LWM_BASE = dict(
-    _LLAMA2_7B,
-    rms_norm_eps=1e-6,
-    scan_layers=True,
-    remat_policy="full",
-    param_dtype="float32",
-    dtype="bfloat16",
-    attention=dict(
-        backend="ring",
-        query_chunk_size=1024,
-        key_chunk_size=1024,
-        layout="zigzag",
-        ffn_chunk_size=2048,
-    ),
-)
-_LWM_VISION = dict(vision_vocab_size=8448, vision_eof_id=8192, vision_eov_id=8193)
+_LWM_BASE = dict(_LLAMA2_7B, **_LWM_RUNTIME, rms_norm_eps=1e-6)
 # context -> (max_sequence_length, RoPE theta) of LWM's text stages.
 _LWM_TEXT_STAGES = {
     "32k": (32_768, 1_000_000.0),
