@@ -181,7 +181,7 @@ def _prefill_partial(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, kv_lo, *, key_
     return o, lse
 
 
-def _local_attention(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, *, key_block, sp, merge):
+def _local_attention(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, *, key_block, merge):
     b, t, n, h = q_btnh.shape
     if t <= DENSE_MAX_QUERIES:
         o, _ = _local_dense(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t, merge=merge)
@@ -246,7 +246,7 @@ def cached_attention(
     sp = _check(q_btnh, k_bksh, mesh)
 
     def local(q, k, v, valid, slots):
-        return _local_attention(q, k, v, valid, slots, key_block=key_block, sp=sp, merge=sp > 1)
+        return _local_attention(q, k, v, valid, slots, key_block=key_block, merge=sp > 1)
 
     if mesh is None or mesh.size == 1:
         return local(q_btnh, k_bksh, v_bksh, valid_bs, q_slots_t)
