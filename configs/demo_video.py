@@ -69,6 +69,9 @@ def get_config():
             lr=1e-3,
             warmup_steps=5,
             mesh=dict(dp=1, fsdp=4, tp=1, sp=2),
+            # PoSE: each video's positions spread over up to 2x the rows, so the 64-frame eval
+            # (2x the longest training video) asks for distances the model has seen.
+            data=dict(position_stretch=2.0),
         ),
     ]
 
@@ -110,6 +113,12 @@ def get_config():
     d.task_text_repeats = 20  # copies of each task string in the tokenizer corpus
     d.needle = "colour"  # needle kind (colour: 8 choices; digit: 10)
     d.needle_frames = 1
+    # Share of the VQGAN's training frames that are the needle images (lwm/demo/video_pipeline.py
+    # `needle_images`: without them distinct needles quantize to near-identical codes).
+    d.vqgan_needle_fraction = 0.1
+    # The training questions' haystacks: the training frames, and each clip again mirrored,
+    # zoomed and both (lwm/demo/video_augment.py); the eval's haystack is never augmented.
+    d.haystack_augment = ("mirror", "zoom", "zoom_mirror")
     d.caption = False
     # Training questions per bucket: [min_frames, max_frames, count] (one bucket per stage).
     # Stage 2 rows also take the short questions, so the long bucket is made large enough to

@@ -116,3 +116,18 @@ def test_bucket_entries_parse_or_fail_with_one_line():
     for bad in ([48, 128], [48, 128, 10, 2, 1], [128, 48, 10], [48, 128, 10, 0], [48, 1.5, 3]):
         with pytest.raises(LwmError, match="demo.task_buckets entry"):
             TaskBucket.parse(bad)
+
+
+def test_copy_ratio_per_bucket(tok):
+    buckets = [TaskBucket(48, 128, 20), TaskBucket(200, 300, 20)]
+    recs = copy_records(tok, buckets, ratio=[1.0, 0.25], extra_queries=EXTRA, seed=3)
+    enc = ExampleEncoder(tok, fields_spec(EXTRA))
+    lengths = [len(enc(r)) for r in recs]
+    assert len(recs) == 25  # 20 drills for the first bucket, 5 for the second
+    assert all(n <= 128 for n in lengths[:20]) and all(n >= 184 for n in lengths[20:])
+    # One number for every bucket is the same as that number per bucket.
+    same = copy_records(tok, buckets, ratio=[0.5, 0.5], extra_queries=EXTRA, seed=3)
+    assert same == copy_records(tok, buckets, ratio=0.5, extra_queries=EXTRA, seed=3)
+    for bad in ([1.0], [1.0, -1.0], [1.0, "x"]):
+        with pytest.raises(LwmError, match=r"demo.copy_ratio .*one per demo.task_buckets"):
+            copy_records(tok, buckets, ratio=bad, seed=3)

@@ -165,32 +165,46 @@ def copy_items(tokenizer: Tokenizer) -> list[int]:
     return sorted({tokenizer.encode(w)[-1] for w in [*DEFAULT_KEYS, *"0123456789"]})
 
 
+def copy_ratios(ratio: float | Sequence[float], num_buckets: int) -> list[float]:
+    """`demo.copy_ratio` per bucket: one number for all, or a list with one per bucket."""
+    values = [ratio] * num_buckets if isinstance(ratio, (int, float)) else list(ratio)
+    if len(values) != num_buckets or not all(
+        isinstance(v, (int, float)) and v >= 0 for v in values
+    ):
+        raise LwmError(
+            f"demo.copy_ratio {ratio!r}: expected a non-negative number or a list of "
+            f"{num_buckets} (one per demo.task_buckets entry)"
+        )
+    return [float(v) for v in values]
+
+
 def copy_records(
     tokenizer: Tokenizer,
     buckets: Sequence[TaskBucket],
     *,
-    ratio: float = 1.0,
+    ratio: float | Sequence[float] = 1.0,
     min_items: int = 6,
     max_items: int = 16,
     extra_queries: int = 0,
     seed: int = 0,
 ) -> list[dict]:
-    """Copy drills, as token ids: random items (`copy_items`), haystack filler, then the items
-    again (only the repeat is trained on); `ratio` x each bucket's count, with the total length
-    drawn in the bucket. Content-based copying (an induction head) is the first thing a model
-    from scratch must learn before it can retrieve anything, and these rows teach it fastest.
-    Why ids, not text: as text, every digit after a space is preceded by the same word-boundary
-    piece, so "the token after the current one" is ambiguous and the copy circuit formed far
-    later (measured: no retrieval after 700 steps, against 0.26 loss with ids). The filler puts
-    the source at every distance up to the row length: a copy circuit learned only at short
-    range does not reach farther (measured: copying across 100+ filler tokens stayed near
+    """Copy drills, as token ids: random items (`copy_items`), haystack filler, then the items again
+    (only the repeat is trained on); `ratio` x each bucket's count (one ratio, or one per bucket),
+    with the total length drawn in the bucket. Content-based copying (an induction head) is the
+    first thing a model from scratch must learn before it can retrieve anything, and these rows
+    teach it fastest. Why ids, not text: as text, every digit after a space is preceded by the same
+    word-boundary piece, so "the token after the current one" is ambiguous and the copy circuit
+    formed far later (measured: no retrieval after 700 steps, against 0.26 loss with ids). The
+    filler puts the source at every distance up to the row length: a copy circuit learned only at
+    short range does not reach farther (measured: copying across 100+ filler tokens stayed near
     chance for a model trained on adjacent repeats)."""
+    ratios = copy_ratios(ratio, len(buckets))
     rng = np.random.default_rng(seed + 29)
     items = copy_items(tokenizer)
     noise = [tokenizer.encode(x) for x in NOISE_SENTENCES]
     out = []
-    for b in buckets:
-        for _ in range(int(round(ratio * b.count))):
+    for b, r in zip(buckets, ratios):
+        for _ in range(int(round(r * b.count))):
             target = int(rng.integers(b.min_len, b.max_len + 1))
             n = min(int(rng.integers(min_items, max_items + 1)), max(1, (target - 3) // 2))
             chosen = [int(items[int(i)]) for i in rng.integers(0, len(items), n)]

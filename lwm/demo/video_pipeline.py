@@ -34,6 +34,7 @@ import numpy as np
 
 from lwm.demo.phases import DemoPaths, Phases, stage_table, train_stages, write_summary_files
 from lwm.demo.seed import apply_seed, claim_workdir
+from lwm.demo.video_augment import check_augmentations, write_augmented_haystack
 from lwm.errors import LwmError
 from lwm.io import write_json
 
@@ -62,6 +63,11 @@ class VideoDemoPaths(DemoPaths):
     @property
     def eval_frames(self) -> pathlib.Path:
         return self.clips / "eval"
+
+    @property
+    def train_haystack(self) -> pathlib.Path:
+        """The training questions' haystack frames: `train_frames` plus their augmentations."""
+        return self.data / "haystack_train"
 
     @property
     def vqgan(self) -> pathlib.Path:
@@ -170,6 +176,26 @@ def load_frames(directory: pathlib.Path) -> np.ndarray:
 # ---------------------------------------------------------------- 2. VQGAN
 
 
+def needle_images(kind: str, resolution: int, fraction: float, num_frames: int) -> np.ndarray:
+    """uint8 `[K, r, r, 3]`: every needle image of `kind`, repeated so they are `fraction` of a
+    VQGAN training bank of `num_frames` clip frames plus these. Why: a VQGAN that never saw a
+    needle image quantizes it with the codes of the clips, and distinct needles share codes
+    (measured on the demo's VQGAN: red and blue squares differed in 1 code of 16, purple in 3),
+    so no language model can name the needle from them. The language model's training questions
+    already show every needle image (each kind has one image per choice), so the VQGAN seeing
+    them adds no eval information: the eval's haystack frames stay held out."""
+    from lwm.evals.needle_images import make_needle, num_choices
+
+    if not 0.0 <= fraction < 1.0:
+        raise LwmError(f"demo.vqgan_needle_fraction must be in [0, 1), got {fraction}")
+    n = num_choices(kind)
+    copies = int(round(fraction * num_frames / (1.0 - fraction) / n))
+    if copies == 0:
+        return np.zeros((0, resolution, resolution, 3), np.uint8)
+    images = np.stack([make_needle(kind, c, resolution).image for c in range(n)])
+    return np.repeat(images, copies, axis=0)
+
+
 def train_demo_vqgan(config: ml_collections.ConfigDict, paths: VideoDemoPaths) -> dict:
     """Phase 2: the tiny VQGAN on the training frames (held-out PSNR on the eval frames);
     resumes from its own checkpoints, skipped once `vqgan/done.json` exists."""
@@ -189,6 +215,14 @@ def train_demo_vqgan(config: ml_collections.ConfigDict, paths: VideoDemoPaths) -
         f"training the VQGAN ({vcfg.resolution}px -> {vcfg.latent_size}x{vcfg.latent_size} codes "
         f"of {vcfg.codebook_size}) on {len(train)} frames for {tcfg.steps} steps"
     )
+    d = config.demo
+    needles = needle_images(d.needle, vcfg.resolution, d.vqgan_needle_fraction, len(train))
+    if len(needles):
+        _say(
+            f"  + the {d.needle} needle images, {len(needles)} frames "
+            f"({len(needles) / (len(train) + len(needles)):.0%} of the VQGAN's training frames)"
+        )
+        train = np.concatenate([train, needles])
     dcfg = FrameDataConfig(paths=(str(paths.train_frames),), flip=True)
     metrics = train_vqgan(vcfg, tcfg, dcfg, paths.vqgan, bank=FrameBank(train, held))
     write_json(done, metrics)
@@ -356,8 +390,16 @@ def prepare_video_data(
     dataset = paths.data / "dataset"
     eof, eov = vision_ids(config)
     if not tasks.is_file():
+        haystack = paths.train_frames
+        if d.haystack_augment:
+            n = write_augmented_haystack(haystack, paths.train_haystack, d.haystack_augment)
+            _say(
+                f"training haystack: {n} frames (training frames, then each clip "
+                f"{', '.join(d.haystack_augment)})"
+            )
+            haystack = paths.train_haystack
         vqgan = load_vqgan(paths.vqgan)
-        spec = needle_spec(d, paths.train_frames, d.train_seed)
+        spec = needle_spec(d, haystack, d.train_seed)
         ev = VideoNeedleEval(
             spec,
             tok,
@@ -532,6 +574,7 @@ def run_video_demo(
     # Before any work: the model must read the VQGAN's codes.
     codebook = VQGANConfig.from_dict(config.vqgan).codebook_size
     check_vision_model(ModelConfig.from_dict(config.model), codebook, where="config.model")
+    check_augmentations(config.demo.haystack_augment)
     paths = VideoDemoPaths(pathlib.Path(workdir).expanduser().resolve())
     claim_workdir(paths.root, "video", apply_seed(config))  # before any work
     paths.data.mkdir(parents=True, exist_ok=True)

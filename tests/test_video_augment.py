@@ -1,0 +1,53 @@
+"""The video demo's augmented training haystack: every training frame, then each augmentation
+of all of them, in an order that keeps each clip a coherent video."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lwm.demo.video_augment import AUGMENTATIONS, check_augmentations, write_augmented_haystack
+from lwm.errors import LwmError
+
+
+def _frames(tmp_path, n=5, r=16):
+    src = tmp_path / "train"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (n, r, r, 3), dtype=np.uint8)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(src / f"00_clip_{i:05d}.png")
+    return src, frames
+
+
+def _read(path):
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_augmented_haystack_order_and_content(tmp_path):
+    src, frames = _frames(tmp_path)
+    out = tmp_path / "hay"
+    assert write_augmented_haystack(src, out, ["mirror", "zoom"]) == 15
+    files = sorted(out.glob("*.png"))
+    assert [f.name.split("_")[1] for f in files] == ["original"] * 5 + ["mirror"] * 5 + ["zoom"] * 5
+    got = np.stack([_read(f) for f in files])
+    np.testing.assert_array_equal(got[:5], frames)  # originals first, in time order
+    np.testing.assert_array_equal(got[5:10], frames[:, :, ::-1])
+    # Zoom: the centre 3/4 scaled up; its middle pixels come from the frame's middle.
+    assert got[10:].shape == frames.shape and not np.array_equal(got[10:], frames)
+    flat = np.full((16, 16, 3), 77, np.uint8)
+    assert np.array_equal(AUGMENTATIONS["zoom"](flat), flat)
+    assert not (tmp_path / "hay.tmp").exists()
+    # Written again (a rerun of the data phase): replaced, not appended to.
+    assert write_augmented_haystack(src, out, ["mirror"]) == 10
+    assert len(list(out.glob("*.png"))) == 10
+
+
+def test_augmentation_names_are_checked(tmp_path):
+    assert check_augmentations(("mirror", "zoom_mirror")) == ["mirror", "zoom_mirror"]
+    with pytest.raises(LwmError, match="unknown augmentation 'rotate'"):
+        check_augmentations(["rotate"])
+    with pytest.raises(LwmError, match="repeats an augmentation"):
+        check_augmentations(["zoom", "zoom"])
+    with pytest.raises(LwmError, match="no training frames"):
+        write_augmented_haystack(tmp_path, tmp_path / "out", ["zoom"])
