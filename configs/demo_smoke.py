@@ -43,7 +43,7 @@ def get_config():
     d = config.demo
     d.corpus_sentences = 2000
     d.task_buckets = [[96, 128, 40], [128, 256, 10, 2], [256, 512, 4]]  # min 2 needles in one
-    d.copy_ratio = 0.5
+    d.copy_ratio = [0.5, 0.25, 0.5]  # per bucket, as the demo
     d.eval_lengths = [256, 1024]
     d.eval_depths = "0,1"
     d.eval_samples = 1

@@ -178,8 +178,15 @@ def apply_overrides(
         leaf = parts[-1]
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
             raise ConfigError(f"--config.{key}: no such field")
+        value = _parse_value(key, text, node[leaf])
         with node.unlocked():
-            node[leaf] = _parse_value(key, text, node[leaf])
+            try:
+                node[leaf] = value
+            except TypeError:  # ConfigDict keeps a field's type (e.g. a number for a list)
+                raise ConfigError(
+                    f"--config.{key}: {value!r} is a {type(value).__name__}, the field holds a "
+                    f"{type(node[leaf]).__name__} ({node[leaf]!r})"
+                ) from None
     return config
 
 

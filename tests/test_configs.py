@@ -121,3 +121,11 @@ def test_staged_configs_fit_their_meshes_on_8_devices(path):
 
     run = parse_run(load_config(str(path)), num_devices=8)
     assert len(run.stages) == max(1, len(load_config(str(path)).stages))
+
+
+def test_override_of_another_type_is_one_config_error():
+    config = ml_collections.ConfigDict({"ratio": [1.0, 0.5]})
+    with pytest.raises(ConfigError, match=r"config.ratio: 0.5 is a float, the field holds a list"):
+        apply_overrides(config, ["ratio=0.5"])
+    assert config.ratio == [1.0, 0.5]
+    assert apply_overrides(config, ["ratio=[0.25, 0.25]"]).ratio == [0.25, 0.25]

@@ -2,8 +2,11 @@
 stages on 8 simulated devices, needle evals, plots and summary; a rerun resumes everything."""
 
 import json
+import re
 import subprocess
 import sys
+
+import pytest
 
 from lwm.cli.main import main as lwm_main
 
@@ -69,3 +72,19 @@ def test_demo_cli_sets_host_devices_before_jax():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.strip() == "8"
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("demo.copy_ratio=[1.0, 0.5]", "demo.copy_ratio .*one per demo.task_buckets entry"),
+        ("demo.copy_digit_fraction=2.0", "copy_digit_fraction must be in"),
+        ("demo.task_buckets=[[10, 5, 3]]", "needs min_tokens <= max_tokens"),
+    ],
+)
+def test_demo_bad_data_fields_fail_before_any_work(tmp_path, capsys, override, match):
+    wd = tmp_path / "demo"
+    assert lwm_main(["demo", "--workdir", str(wd), f"--config.{override}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+    assert not wd.exists()

@@ -131,3 +131,18 @@ def test_copy_ratio_per_bucket(tok):
     for bad in ([1.0], [1.0, -1.0], [1.0, "x"]):
         with pytest.raises(LwmError, match=r"demo.copy_ratio .*one per demo.task_buckets"):
             copy_records(tok, buckets, ratio=bad, seed=3)
+
+
+def test_digit_copy_drills_copy_digits_only(tok):
+    buckets = [TaskBucket(100, 128, 200)]
+    recs = copy_records(tok, buckets, digit_fraction=0.5, extra_queries=EXTRA, seed=2)
+    digits = {tok.encode(d)[-1] for d in "0123456789"}
+    only_digits = [r for r in recs if set(r["answer"]) <= digits]
+    # About half the drills (binomial, p = 0.5 plus the rare all-digit draw of the 42 items).
+    assert 70 <= len(only_digits) <= 130
+    # Digits recur within a drill: the copy cannot key on the current token alone.
+    assert np.mean([len(set(r["answer"])) < len(r["answer"]) for r in only_digits]) > 0.9
+    plain = copy_records(tok, buckets, extra_queries=EXTRA, seed=2)
+    assert sum(set(r["answer"]) <= digits for r in plain) < 10
+    with pytest.raises(LwmError, match="copy_digit_fraction must be in"):
+        copy_records(tok, buckets, digit_fraction=1.5, seed=2)

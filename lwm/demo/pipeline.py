@@ -89,7 +89,12 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
             progress=True,
         )
         recs += copy_records(
-            tok, buckets, ratio=d.copy_ratio, extra_queries=d.extra_queries, seed=d.seed
+            tok,
+            buckets,
+            ratio=d.copy_ratio,
+            extra_queries=d.extra_queries,
+            digit_fraction=d.get("copy_digit_fraction", 0.0),
+            seed=d.seed,
         )
         write_records(tasks, recs, seed=d.seed)
     dataset = paths.data / "dataset"
@@ -208,6 +213,17 @@ def write_summary(
     return write_summary_files(paths, lines, data, copies)
 
 
+def check_data_section(d: ml_collections.ConfigDict) -> None:
+    """The data fields' one-line errors, before the tokenizer and tasks take their minutes."""
+    from lwm.demo.data import TaskBucket, copy_ratios
+
+    buckets = [TaskBucket.parse(b) for b in d.task_buckets]
+    copy_ratios(d.copy_ratio, len(buckets))
+    fraction = d.get("copy_digit_fraction", 0.0)
+    if not 0.0 <= fraction <= 1.0:
+        raise LwmError(f"demo.copy_digit_fraction must be in [0, 1], got {fraction}")
+
+
 def run_demo(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
@@ -216,6 +232,7 @@ def run_demo(
 ) -> str:
     """The whole pipeline; returns the summary text."""
     phases = Phases()
+    check_data_section(config.demo)
     paths = DemoPaths(pathlib.Path(workdir).expanduser().resolve())
     claim_workdir(paths.root, "text", apply_seed(config))  # before any work
     with phases("data"):
