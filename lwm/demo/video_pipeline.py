@@ -34,7 +34,7 @@ import numpy as np
 
 from lwm.demo.phases import DemoPaths, Phases, stage_table, train_stages, write_summary_files
 from lwm.demo.seed import apply_seed, claim_workdir
-from lwm.demo.video_augment import check_augmentations, write_augmented_haystack
+from lwm.demo.video_material import check_material, needle_images, write_augmented_haystack
 from lwm.errors import LwmError
 from lwm.io import write_json
 
@@ -174,26 +174,6 @@ def load_frames(directory: pathlib.Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- 2. VQGAN
-
-
-def needle_images(kind: str, resolution: int, fraction: float, num_frames: int) -> np.ndarray:
-    """uint8 `[K, r, r, 3]`: every needle image of `kind`, repeated so they are `fraction` of a
-    VQGAN training bank of `num_frames` clip frames plus these. Why: a VQGAN that never saw a
-    needle image quantizes it with the codes of the clips, and distinct needles share codes
-    (measured on the demo's VQGAN: red and blue squares differed in 1 code of 16, purple in 3),
-    so no language model can name the needle from them. The language model's training questions
-    already show every needle image (each kind has one image per choice), so the VQGAN seeing
-    them adds no eval information: the eval's haystack frames stay held out."""
-    from lwm.evals.needle_images import make_needle, num_choices
-
-    if not 0.0 <= fraction < 1.0:
-        raise LwmError(f"demo.vqgan_needle_fraction must be in [0, 1), got {fraction}")
-    n = num_choices(kind)
-    copies = int(round(fraction * num_frames / (1.0 - fraction) / n))
-    if copies == 0:
-        return np.zeros((0, resolution, resolution, 3), np.uint8)
-    images = np.stack([make_needle(kind, c, resolution).image for c in range(n)])
-    return np.repeat(images, copies, axis=0)
 
 
 def train_demo_vqgan(config: ml_collections.ConfigDict, paths: VideoDemoPaths) -> dict:
@@ -574,7 +554,7 @@ def run_video_demo(
     # Before any work: the model must read the VQGAN's codes.
     codebook = VQGANConfig.from_dict(config.vqgan).codebook_size
     check_vision_model(ModelConfig.from_dict(config.model), codebook, where="config.model")
-    check_augmentations(config.demo.haystack_augment)
+    check_material(config.demo)
     paths = VideoDemoPaths(pathlib.Path(workdir).expanduser().resolve())
     claim_workdir(paths.root, "video", apply_seed(config))  # before any work
     paths.data.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,12 @@
-"""Augmented training haystacks for the video demo: each training clip again, mirrored and/or
-zoomed, so the training questions show the model more distinct haystack frames than the few
-hundred the clips' training split holds.
+"""Training material of the video demo beyond the clips' training split: the needle images for
+the VQGAN (`needle_images`), and augmented training haystacks (`write_augmented_haystack`): each
+training clip again, mirrored and/or zoomed, so the training questions show the model more
+distinct haystack frames than the few hundred the clips' training split holds.
 
-Why: with only the training split's frames as haystack, the tiny model fits its training
-questions perfectly (loss ~0.001) while missing the needle on held-out frames, answering one
-default colour (measured: every miss of a 32-64 frame eval answered "red"): it had learned
-those frames, not what a needle frame looks like. Each augmentation is applied to a whole clip
+Why the haystacks: with only the training split's frames as haystack, the tiny model fits its
+training questions (loss ~0.001) while missing the needle on held-out frames, answering one
+default colour (measured, seed 0: every miss at 32-64 frames answered "red"; 75% / 65% at 32 /
+64 frames, 90% / 75% with the three augmentations). Each augmentation is applied to a whole clip
 (the same transform on every frame), so a haystack, a run of consecutive pool frames, is still a
 coherent video. Only training frames are transformed: the eval haystack stays the held-out
 split, untouched.
@@ -38,6 +39,36 @@ AUGMENTATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "zoom": _zoom,
     "zoom_mirror": lambda f: np.ascontiguousarray(_zoom(f)[:, ::-1]),
 }
+
+
+def needle_images(kind: str, resolution: int, fraction: float, num_frames: int) -> np.ndarray:
+    """uint8 `[K, r, r, 3]`: every needle image of `kind`, repeated so they are `fraction` of a
+    VQGAN training bank of `num_frames` clip frames plus these. Why: a VQGAN that never saw a
+    needle image quantizes it with the codes of the clips, and distinct needles share codes
+    (measured on the demo's VQGAN: the red and blue squares differed in 1 code of 16),
+    so no language model can name the needle from them. The language model's training questions
+    already show every needle image (each kind has one image per choice), so the VQGAN seeing
+    them adds no eval information: the eval's haystack frames stay held out."""
+    from lwm.evals.needle_images import make_needle, num_choices
+
+    check_needle_fraction(fraction)
+    n = num_choices(kind)
+    copies = int(round(fraction * num_frames / (1.0 - fraction) / n))
+    if copies == 0:
+        return np.zeros((0, resolution, resolution, 3), np.uint8)
+    images = np.stack([make_needle(kind, c, resolution).image for c in range(n)])
+    return np.repeat(images, copies, axis=0)
+
+
+def check_needle_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction < 1.0:
+        raise LwmError(f"demo.vqgan_needle_fraction must be in [0, 1), got {fraction}")
+
+
+def check_material(d) -> None:
+    """The `demo` section's material fields, checked before any work (one-line errors)."""
+    check_augmentations(d.haystack_augment)
+    check_needle_fraction(d.vqgan_needle_fraction)
 
 
 def check_augmentations(names: Sequence[str]) -> list[str]:

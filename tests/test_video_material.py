@@ -1,12 +1,19 @@
-"""The video demo's augmented training haystack: every training frame, then each augmentation
-of all of them, in an order that keeps each clip a coherent video."""
+"""The video demo's extra training material: the needle images in the VQGAN's bank, and the
+augmented training haystack (every training frame, then each augmentation of all of them, in an
+order that keeps each clip a coherent video)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lwm.demo.video_augment import AUGMENTATIONS, check_augmentations, write_augmented_haystack
+from lwm.demo.video_material import (
+    AUGMENTATIONS,
+    check_augmentations,
+    needle_images,
+    write_augmented_haystack,
+)
 from lwm.errors import LwmError
+from lwm.evals.needle_images import make_needle
 
 
 def _frames(tmp_path, n=5, r=16):
@@ -51,3 +58,16 @@ def test_augmentation_names_are_checked(tmp_path):
         check_augmentations(["zoom", "zoom"])
     with pytest.raises(LwmError, match="no training frames"):
         write_augmented_haystack(tmp_path, tmp_path / "out", ["zoom"])
+
+
+def test_vqgan_bank_needle_images():
+    imgs = needle_images("colour", 16, 0.1, 467)
+    # 8 colours x 6 copies: 48 / (467 + 48) ~ 9.3% of the bank.
+    assert imgs.shape == (48, 16, 16, 3) and imgs.dtype == np.uint8
+    for c in range(8):
+        want = make_needle("colour", c, 16).image
+        assert sum(np.array_equal(x, want) for x in imgs) == 6
+    assert needle_images("digit", 16, 0.2, 400).shape[0] == 100  # 10 digits x 10
+    assert needle_images("colour", 16, 0.0, 467).shape == (0, 16, 16, 3)
+    with pytest.raises(LwmError, match="vqgan_needle_fraction must be in"):
+        needle_images("colour", 16, 1.0, 467)
