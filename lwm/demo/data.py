@@ -178,6 +178,12 @@ def copy_ratios(ratio: float | Sequence[float], num_buckets: int) -> list[float]
     return [float(v) for v in values]
 
 
+def check_digit_fraction(fraction: float) -> None:
+    """`demo.copy_digit_fraction`, a share in [0, 1], or a one-line error."""
+    if not 0.0 <= fraction <= 1.0:
+        raise LwmError(f"demo.copy_digit_fraction must be in [0, 1], got {fraction}")
+
+
 def copy_records(
     tokenizer: Tokenizer,
     buckets: Sequence[TaskBucket],
@@ -205,8 +211,7 @@ def copy_records(
     occurrence of this one" is ambiguous and the copy must match the tokens before it too
     (measured: a model trained on drills of 42 symbols, which rarely repeat, answered needles
     with the right digits until a repeated one, then continued from the wrong occurrence)."""
-    if not 0.0 <= digit_fraction <= 1.0:
-        raise LwmError(f"demo.copy_digit_fraction must be in [0, 1], got {digit_fraction}")
+    check_digit_fraction(digit_fraction)
     ratios = copy_ratios(ratio, len(buckets))
     rng = np.random.default_rng(seed + 29)
     items = copy_items(tokenizer)

@@ -215,13 +215,11 @@ def write_summary(
 
 def check_data_section(d: ml_collections.ConfigDict) -> None:
     """The data fields' one-line errors, before the tokenizer and tasks take their minutes."""
-    from lwm.demo.data import TaskBucket, copy_ratios
+    from lwm.demo.data import TaskBucket, check_digit_fraction, copy_ratios
 
     buckets = [TaskBucket.parse(b) for b in d.task_buckets]
     copy_ratios(d.copy_ratio, len(buckets))
-    fraction = d.get("copy_digit_fraction", 0.0)
-    if not 0.0 <= fraction <= 1.0:
-        raise LwmError(f"demo.copy_digit_fraction must be in [0, 1], got {fraction}")
+    check_digit_fraction(d.get("copy_digit_fraction", 0.0))
 
 
 def run_demo(
