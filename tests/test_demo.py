@@ -2,7 +2,9 @@
 stages on 8 simulated devices, needle evals, plots and summary; a rerun resumes everything."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -55,6 +57,39 @@ def test_demo_smoke_runs_and_resumes(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in wd.rglob("*")} == everything
     assert len((res / "needle_single" / "results.jsonl").read_text().splitlines()) == n_results
     assert json.loads((res / "stage_times.json").read_text()) == summary["stage_seconds"]
+
+
+def test_demo_interrupted_training_runs_no_evals_and_resumes(tmp_path, capsys, monkeypatch):
+    """SIGTERM in training: the trainer saves its step and stops; the demo must then exit 75 with
+    one line, not evaluate the partly trained model (its answers would be kept by the rerun's
+    resumed evals); the rerun trains the rest and then evaluates."""
+    from lwm.demo import phases
+
+    attach = phases.StageTimes.attach
+
+    def attach_and_signal(self, trainer):
+        attach(self, trainer)
+        trainer.add_hook(lambda info: info.step == 1 and os.kill(os.getpid(), signal.SIGTERM))
+
+    monkeypatch.setattr(phases.StageTimes, "attach", attach_and_signal)
+    handler = signal.getsignal(signal.SIGTERM)
+    wd = tmp_path / "demo"
+    args = ["demo", "--config", "demo_smoke", "--workdir", str(wd), "--config.stages.0.steps=4"]
+    assert lwm_main(args) == 75
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "lwm demo: interrupted by SIGTERM at step 2 (stage 1 of 3): checkpoint saved, no evals "
+        "run; rerun the same command to continue (exit 75)"
+    ), err[-3:]
+    res = wd / "results"
+    assert not (res / "summary.md").exists() and not (res / "needle_single").exists()
+    assert signal.getsignal(signal.SIGTERM) == handler  # the trainer's handler is gone
+    monkeypatch.undo()
+    assert lwm_main(args) == 0
+    summary = json.loads((res / "summary.json").read_text())
+    metrics = [json.loads(x) for x in (wd / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert max(m["step"] for m in metrics) == 6  # 4 + 1 + 1: every stage trained to its end
+    assert sum(map(sum, summary["evals"]["single"]["counts"])) == 4
 
 
 def test_demo_cli_sets_host_devices_before_jax():

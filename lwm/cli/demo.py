@@ -7,6 +7,7 @@ vision-language model on real clips (tiny VQGAN, video needle eval). Rerunning r
 from __future__ import annotations
 
 import argparse
+import sys
 
 DEMO_DEVICES = 8
 
@@ -78,16 +79,23 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--seed {seed} and --config.demo.seed={config.demo.seed} disagree")
         with config.demo.unlocked():
             config.demo.seed = seed
-    if video:
-        from lwm.demo.video_pipeline import run_video_demo
+    if video and ("vqgan" not in config or "vqgan_train" not in config):
+        raise ConfigError(
+            f"config {name} has no `vqgan` / `vqgan_train` sections (see configs/demo_video.py)"
+        )
+    from lwm.demo.phases import TrainingInterrupted
+    from lwm.training.signals import EXIT_INTERRUPTED
 
-        if "vqgan" not in config or "vqgan_train" not in config:
-            raise ConfigError(
-                f"config {name} has no `vqgan` / `vqgan_train` sections (see configs/demo_video.py)"
-            )
-        print(run_video_demo(config, workdir))
-        return 0
-    from lwm.demo.pipeline import run_demo
+    try:
+        if video:
+            from lwm.demo.video_pipeline import run_video_demo
 
-    print(run_demo(config, workdir))
+            print(run_video_demo(config, workdir))
+        else:
+            from lwm.demo.pipeline import run_demo
+
+            print(run_demo(config, workdir))
+    except TrainingInterrupted as e:
+        print(f"lwm demo: {e} (exit {EXIT_INTERRUPTED})", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

@@ -18,6 +18,19 @@ import ml_collections
 STAGE_TIMES = "stage_times.json"
 
 
+class TrainingInterrupted(Exception):
+    """The demo's training stopped on SIGTERM / SIGINT after saving its step: the evals did not
+    run (a partly trained model's answers must not land in the results the rerun resumes)."""
+
+    def __init__(self, step: int, stage: int, num_stages: int, signal_name: str | None):
+        self.step, self.stage, self.signal_name = step, stage, signal_name
+        super().__init__(
+            f"interrupted by {signal_name or 'a stop request'} at step {step} (stage "
+            f"{stage + 1} of {num_stages}): checkpoint saved, no evals run; rerun the same "
+            "command to continue"
+        )
+
+
 @dataclasses.dataclass
 class DemoPaths:
     root: pathlib.Path
@@ -92,18 +105,22 @@ class StageTimes:
 
 def train_stages(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[str, float]:
     """Runs (or resumes) the training stages; returns wall seconds per stage, accumulated over
-    runs in `results/stage_times.json`."""
+    runs in `results/stage_times.json`. Raises `TrainingInterrupted` when a signal stopped them."""
     from lwm.training.run_spec import parse_run
+    from lwm.training.signals import take_stop_signal
     from lwm.training.trainer import Trainer
 
     paths.results.mkdir(parents=True, exist_ok=True)
     timer = StageTimes(paths.results / STAGE_TIMES)
-    trainer = Trainer(parse_run(config), paths.train)
+    spec = parse_run(config)
+    trainer = Trainer(spec, paths.train)
     timer.attach(trainer)
     try:
-        trainer.run()
+        result = trainer.run()
     finally:
         timer.flush()
+    if result.preempted:
+        raise TrainingInterrupted(result.step, result.stage, len(spec.stages), take_stop_signal())
     shutil.copy(paths.data / "tokenizer.model", paths.train / "tokenizer.model")
     return timer.times
 
