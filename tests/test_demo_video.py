@@ -100,7 +100,8 @@ def test_training_prompt_matches_eval_prompt(demo_run):
     d = config.demo
     tok = Tokenizer(wd / "data" / "tokenizer.model")
     vqgan = load_vqgan(wd / "data" / "vqgan")
-    spec = needle_spec(d, wd / "data" / "clips" / "train", d.train_seed)
+    assert d.haystack_augment  # the training haystack is the augmented pool, as in the pipeline
+    spec = needle_spec(d, wd / "data" / "haystack_train", d.train_seed)
     ev = VideoNeedleEval(spec, tok, resolution=16, tokens_per_frame=16)
     codes = HaystackCodes(
         make_encode_fn(vqgan), spec, resolution=16, eof_id=256, eov_id=257, batch_size=8
