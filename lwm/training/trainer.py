@@ -181,19 +181,33 @@ class Trainer:
                     self.log(f"lwm train: all {len(spec.stages)} stages already done")
                     return TrainResult(int(resume["step"]), first - 1, False, {})
         state, end = None, None
-        for si in range(first, len(spec.stages)):
-            ctx = build_stage(spec, si, self.stage_starts[si])
-            state, data_state = enter_stage(
-                ctx,
-                ckpt,
-                resume=resume if si == first else None,
-                prev_state=state,
-                log=self.log if self.primary else None,
-            )
-            end = self._run_stage(ctx, state, data_state)
-            if end.preempted:
-                break
-            state = end.state
+        last = len(spec.stages) - 1
+        # One handler for the whole run: a signal in a stage's last step, or while the next
+        # stage compiles, still stops the run (a handler per stage dropped it).
+        with StopRequest() as signals:
+            self._signals = signals
+            try:
+                for si in range(first, last + 1):
+                    ctx = build_stage(spec, si, self.stage_starts[si])
+                    state, data_state = enter_stage(
+                        ctx,
+                        ckpt,
+                        resume=resume if si == first else None,
+                        prev_state=state,
+                        log=self.log if self.primary else None,
+                    )
+                    end = self._run_stage(ctx, state, data_state)
+                    if end.preempted:
+                        break
+                    if si < last and callbacks.any_process(signals.requested):
+                        ckpt.wait()  # the stage's end is its checkpoint: the rerun starts the next
+                        if self.primary:
+                            why = signals.name or "another process's signal"
+                            self.log(f"lwm train: {why}: saved step {end.step}, exiting")
+                        return TrainResult(end.step, end.index, True, end.last_metrics)
+                    state = end.state
+            finally:
+                self._signals = None
         return TrainResult(end.step, end.index, end.preempted, end.last_metrics)
 
     def _run_stage(self, ctx: StageContext, state: dict, data_state: dict | None) -> StageInfo:
@@ -209,13 +223,10 @@ class Trainer:
         step = int(jax.device_get(state["step"]))
         self.hooks.fire("stage_start", StageInfo(ctx, step, state, data))
         self._stop_reason = None
-        with StopRequest() as signals:
-            self._signals = signals
-            while step < ctx.end and self._stop_reason is None:
-                state, metrics = jitted(state, next(data))
-                step += 1
-                self.hooks.fire("step", StepInfo(ctx, step, state, metrics, data))
-            self._signals = None
+        while step < ctx.end and self._stop_reason is None:
+            state, metrics = jitted(state, next(data))
+            step += 1
+            self.hooks.fire("step", StepInfo(ctx, step, state, metrics, data))
         end = StageInfo(
             ctx,
             step,
