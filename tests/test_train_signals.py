@@ -1,6 +1,6 @@
-"""Stop signals at stage boundaries: SIGTERM in a stage's last step (the step whose checkpoint
-is the stage's end) must still stop the run there, preempted, and the rerun must start the next
-stage; a signal inside a stage is covered end to end in test_train_resume.py."""
+"""Stops at stage boundaries: SIGTERM or max_steps due in a stage's last step (whose checkpoint
+is the stage's end) must stop the run there, preempted, and the rerun must start the next stage;
+a signal inside a stage is covered end to end in test_train_resume.py."""
 
 import os
 import signal
@@ -34,3 +34,10 @@ def test_signal_in_a_stages_last_step_stops_at_its_end(tmp_path):
     again = Trainer(_spec(), wd, log=lambda m: None).run()
     assert not again.preempted and (again.step, again.stage) == (5, 1)
     assert [r["stage"] for r in read_metrics(wd / "metrics.jsonl")] == [0, 0, 0, 1, 1]
+
+
+def test_max_steps_at_a_stage_end_stops_there(tmp_path):
+    wd = tmp_path / "run"
+    res = Trainer(_spec(), wd, log=lambda m: None, max_steps=3).run()
+    assert res.preempted and (res.step, res.stage) == (3, 0), res
+    assert max(r["step"] for r in read_metrics(wd / "metrics.jsonl")) == 3

@@ -199,10 +199,16 @@ class Trainer:
                     end = self._run_stage(ctx, state, data_state)
                     if end.preempted:
                         break
-                    if si < last and callbacks.any_process(signals.requested):
-                        ckpt.wait()  # the stage's end is its checkpoint: the rerun starts the next
-                        if self.primary:
+                    # A stop due at a stage's last step (signal or max_steps) ends the run here:
+                    # the stage's end is its checkpoint, and the rerun starts the next stage.
+                    signalled = si < last and callbacks.any_process(signals.requested)
+                    capped = self.max_steps is not None and end.step >= self.max_steps
+                    if signalled or (si < last and capped):
+                        ckpt.wait()
+                        why = "max_steps"
+                        if signalled:
                             why = signals.name or "another process's signal"
+                        if self.primary:
                             self.log(f"lwm train: {why}: saved step {end.step}, exiting")
                         return TrainResult(end.step, end.index, True, end.last_metrics)
                     state = end.state
