@@ -119,7 +119,7 @@ def get_config():
     # red and purple squares still shared 10 of 16 codes in one seed).
     d.vqgan_needle_fraction = 0.2
     # The training questions' haystacks: the training frames, and each clip again mirrored,
-    # zoomed and both (lwm/demo/video_augment.py); the eval's haystack is never augmented.
+    # zoomed and both (lwm/demo/video_material.py); the eval's haystack is never augmented.
     d.haystack_augment = ("mirror", "zoom", "zoom_mirror")
     d.caption = False
     # Training questions per bucket: [min_frames, max_frames, count] (one bucket per stage).

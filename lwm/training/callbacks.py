@@ -188,18 +188,30 @@ class Preemption:
     def attach(self, hooks: Hooks) -> None:
         hooks.add(self.step)
 
+    def due(self, step: int) -> str | None:
+        """Why the run must stop after `step` (a signal on any process, or max_steps), or None.
+        A collective: every process asks at the same step."""
+        if any_process(self.stop_requested()):
+            return self.signal_name() or "another process's signal"
+        if self.max_steps is not None and step >= self.max_steps:
+            return "max_steps"
+        return None
+
+    def stop(self, why: str, step: int) -> None:
+        """After the save of `step`: waits for it, says so and ends the run."""
+        self.checkpointing.ckpt.wait()
+        if is_primary():
+            self.log(f"lwm train: {why}: saved step {step}, exiting")
+        self.request_stop(why)
+
     def step(self, info: StepInfo) -> None:
         if info.stage_done:
-            return
-        signalled = any_process(self.stop_requested())
-        if not signalled and not (self.max_steps is not None and info.step >= self.max_steps):
+            return  # the trainer asks `due` between stages, after the stage's end is saved
+        why = self.due(info.step)
+        if why is None:
             return
         self.checkpointing.save(info, force=True)
-        self.checkpointing.ckpt.wait()
-        why = (self.signal_name() or "another process's signal") if signalled else "max_steps"
-        if is_primary():
-            self.log(f"lwm train: {why}: saved step {info.step}, exiting")
-        self.request_stop(why)
+        self.stop(why, info.step)
 
 
 class LossCurve:

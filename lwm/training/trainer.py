@@ -88,6 +88,7 @@ class Trainer:
         self._user_hooks: list = []  # validated when added, attached when the run starts
         self._stop_reason: str | None = None
         self._signals: StopRequest | None = None
+        self._preemption: callbacks.Preemption | None = None
 
     def add_hook(self, fn: Callable[[Any], None], *, every: int = 1, event: Event = "step") -> None:
         """Calls `fn(StepInfo)` after every `every`-th step (and each stage's last), or
@@ -114,14 +115,15 @@ class Trainer:
         self.metrics.attach(hooks)
         checkpointing = callbacks.Checkpointing(ckpt, fingerprint)
         checkpointing.attach(hooks)
-        callbacks.Preemption(
+        self._preemption = callbacks.Preemption(
             checkpointing,
             lambda: bool(self._signals and self._signals.requested),
             self.request_stop,
             self.max_steps,
             self.log,
             signal_name=lambda: self._signals.name if self._signals else "",
-        ).attach(hooks)
+        )
+        self._preemption.attach(hooks)
         callbacks.LossCurve(self.workdir).attach(hooks)
         hooks.add(stage_log.end, event="stage_end")
         hooks.extend(self._user_hooks)
@@ -201,15 +203,9 @@ class Trainer:
                         break
                     # A stop due at a stage's last step (signal or max_steps) ends the run here:
                     # the stage's end is its checkpoint, and the rerun starts the next stage.
-                    signalled = si < last and callbacks.any_process(signals.requested)
-                    capped = self.max_steps is not None and end.step >= self.max_steps
-                    if signalled or (si < last and capped):
-                        ckpt.wait()
-                        why = "max_steps"
-                        if signalled:
-                            why = signals.name or "another process's signal"
-                        if self.primary:
-                            self.log(f"lwm train: {why}: saved step {end.step}, exiting")
+                    why = self._preemption.due(end.step) if si < last else None
+                    if why is not None:
+                        self._preemption.stop(why, end.step)
                         return TrainResult(end.step, end.index, True, end.last_metrics)
                     state = end.state
             finally:
