@@ -50,6 +50,32 @@ def test_augmented_haystack_order_and_content(tmp_path):
     assert len(list(out.glob("*.png"))) == 10
 
 
+def test_corner_crops_and_hue_turns():
+    r = 16
+    # Corner crops: a frame whose top-left 12x12 is one colour and the rest another; the
+    # top-left crop is all the first colour, the bottom-right crop's corner is the second.
+    f = np.zeros((r, r, 3), np.uint8)
+    f[:12, :12] = (200, 10, 10)
+    tl, br = AUGMENTATIONS["crop_tl"](f), AUGMENTATIONS["crop_br"](f)
+    assert tl.shape == br.shape == f.shape
+    assert (tl == (200, 10, 10)).all()
+    np.testing.assert_array_equal(br[-1, -1], (0, 0, 0))
+    np.testing.assert_array_equal(br[0, 0], (200, 10, 10))
+    # Hue turns: pure red -> green (120) -> blue (240); grey has no hue and stays put.
+    red = np.zeros((r, r, 3), np.uint8)
+    red[...] = (220, 30, 30)
+    g, b = AUGMENTATIONS["hue120"](red), AUGMENTATIONS["hue240"](red)
+    assert g[0, 0].argmax() == 1 and b[0, 0].argmax() == 2
+    assert abs(int(g[0, 0, 1]) - 220) <= 3 and abs(int(b[0, 0, 2]) - 220) <= 3
+    grey = np.full((r, r, 3), 120, np.uint8)
+    np.testing.assert_array_equal(AUGMENTATIONS["hue120"](grey), grey)
+    # A turn keeps each pixel's brightness order (V = max channel) on a random frame.
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (r, r, 3), dtype=np.uint8)
+    y = AUGMENTATIONS["hue240"](x)
+    assert np.abs(x.max(-1).astype(int) - y.max(-1).astype(int)).max() <= 2
+
+
 def test_augmentation_names_are_checked(tmp_path):
     assert check_augmentations(("mirror", "zoom_mirror")) == ["mirror", "zoom_mirror"]
     with pytest.raises(LwmError, match="unknown augmentation 'rotate'"):
