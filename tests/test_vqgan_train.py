@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import signal
 
 import jax
 import numpy as np
@@ -14,7 +15,12 @@ from lwm.errors import LwmError
 from lwm.sharding import make_mesh
 from lwm.video.frame_data import FrameBank, load_frame_bank
 from lwm.video.vqgan_checkpoint import load_vqgan, state_tree
-from lwm.video.vqgan_train import FrameDataConfig, VQGANTrainConfig, train_vqgan
+from lwm.video.vqgan_train import (
+    FrameDataConfig,
+    VQGANInterrupted,
+    VQGANTrainConfig,
+    train_vqgan,
+)
 
 CFG = tiny_vqgan_config()
 TRAIN = VQGANTrainConfig(
@@ -138,3 +144,71 @@ def test_cli_train_config_errors_are_one_line(tmp_path, capsys):
     rc = main(["vqgan", "train", "--config", "vqgan_small", "--workdir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "data.paths" in err
+
+
+class _SignalAt(FrameBank):
+    """A bank that sends this process `signum` while fetching the batch of `step` (fault
+    injection: the stop arrives mid-step, as a scheduler's SIGTERM would)."""
+
+    def __init__(self, bank, step, signum=signal.SIGTERM):
+        super().__init__(bank.train, bank.eval)
+        self.at, self.signum = step, signum
+
+    def batch(self, seed, step, batch_size, *, flip=True):
+        if step == self.at:
+            signal.raise_signal(self.signum)
+        return super().batch(seed, step, batch_size, flip=flip)
+
+
+def test_sigterm_saves_the_step_and_resume_matches_uninterrupted_run(straight_run, bank, tmp_path):
+    workdir, _ = straight_run
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(VQGANInterrupted, match="by SIGTERM at step 14: checkpoint saved") as e:
+        train_vqgan(
+            CFG, TRAIN, FrameDataConfig(), tmp_path, bank=_SignalAt(bank, 13), show_progress=False
+        )
+    assert e.value.step == 14 and signal.getsignal(signal.SIGTERM) is before
+    # Step 14 (not a save_every multiple) is checkpointed, evaluated and logged.
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [10, 14]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 14 and "eval_psnr" in lines[-1]
+    train_vqgan(CFG, TRAIN, FrameDataConfig(), tmp_path, bank=bank, show_progress=False)
+    for a, b in zip(jax.tree.leaves(_params(workdir)), jax.tree.leaves(_params(tmp_path))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_interrupted_exits_75_with_one_line(tmp_path, capsys, monkeypatch):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            frames / f"f{i:03d}.png"
+        )
+    real = FrameBank.batch
+
+    def batch(self, seed, step, batch_size, *, flip=True):
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real(self, seed, step, batch_size, flip=flip)
+
+    monkeypatch.setattr(FrameBank, "batch", batch)
+    tiny = [
+        f"--config.vqgan.{k}={v}"
+        for k, v in dataclasses.asdict(CFG).items()
+        if k in ("resolution", "base_channels", "norm_groups", "codebook_size", "embed_dim")
+    ]
+    args = ["vqgan", "train", "--config", "vqgan_small", "--workdir", str(tmp_path / "run")]
+    args += ["--data", str(frames), "--no-progress", "--config.vqgan.channel_multipliers=(1,2,2)"]
+    args += [*tiny, "--config.train.steps=6", "--config.train.batch_size=8"]
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 75, err
+    assert err[-1] == (
+        "lwm vqgan train: VQGAN training interrupted by SIGINT at step 3: checkpoint saved; "
+        "rerun the same command to continue (exit 75)"
+    )
+    monkeypatch.setattr(FrameBank, "batch", real)
+    assert main(args) == 0
+    assert "done:" in capsys.readouterr().out

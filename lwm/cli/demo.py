@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         )
     from lwm.demo.phases import TrainingInterrupted
     from lwm.training.signals import EXIT_INTERRUPTED
+    from lwm.video.vqgan_train import VQGANInterrupted
 
     try:
         if video:
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             from lwm.demo.pipeline import run_demo
 
             print(run_demo(config, workdir))
-    except TrainingInterrupted as e:
+    except (TrainingInterrupted, VQGANInterrupted) as e:
         print(f"lwm demo: {e} (exit {EXIT_INTERRUPTED})", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

