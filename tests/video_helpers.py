@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import signal
 from fractions import Fraction
 
 import av
@@ -99,3 +100,19 @@ def save_tiny_vqgan(directory, seed: int = 0):
     with Checkpointer(directory, async_save=False) as c:
         c.save(1, {"model": state_tree(model)}, metadata=vqgan_metadata(cfg), force=True)
     return model
+
+
+def signal_at_batch(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
+    """Fault injection: `FrameBank.batch` sends this process `signum` while it fetches the batch
+    of `step`, so the stop arrives mid-step, as a scheduler's SIGTERM would. `monkeypatch.undo()`
+    takes it back."""
+    from lwm.video.frame_data import FrameBank
+
+    real = FrameBank.batch
+
+    def batch(self, seed, at, batch_size, *, flip=True):
+        if at == step:
+            signal.raise_signal(signum)
+        return real(self, seed, at, batch_size, flip=flip)
+
+    monkeypatch.setattr(FrameBank, "batch", batch)
