@@ -83,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"config {name} has no `vqgan` / `vqgan_train` sections (see configs/demo_video.py)"
         )
-    from lwm.demo.phases import TrainingInterrupted
-    from lwm.training.signals import EXIT_INTERRUPTED
-    from lwm.video.vqgan_train import VQGANInterrupted
+    from lwm.training.signals import EXIT_INTERRUPTED, Interrupted
 
     try:
         if video:
@@ -96,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             from lwm.demo.pipeline import run_demo
 
             print(run_demo(config, workdir))
-    except (TrainingInterrupted, VQGANInterrupted) as e:
+    except Interrupted as e:  # the training or the VQGAN phase
         print(f"lwm demo: {e} (exit {EXIT_INTERRUPTED})", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

@@ -15,10 +15,12 @@ from typing import Any
 
 import ml_collections
 
+from lwm.training.signals import Interrupted
+
 STAGE_TIMES = "stage_times.json"
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(Interrupted):
     """The demo's training stopped on SIGTERM / SIGINT after saving its step: the evals did not
     run (a partly trained model's answers must not land in the results the rerun resumes)."""
 

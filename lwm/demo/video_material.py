@@ -25,25 +25,26 @@ import numpy as np
 from lwm.errors import LwmError
 
 
-def _zoom(frame: np.ndarray) -> np.ndarray:
-    """The centre 3/4 of the frame scaled back to full size (bilinear)."""
+def _crop(frame: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
+    """The `size` square at (y0, x0) scaled back to the frame's size (bilinear)."""
     from PIL import Image
 
     r = frame.shape[0]
-    m = r // 8
-    crop = Image.fromarray(frame[m : r - m, m : r - m])
+    crop = Image.fromarray(frame[y0 : y0 + size, x0 : x0 + size])
     return np.asarray(crop.resize((r, r), Image.BILINEAR))
+
+
+def _zoom(frame: np.ndarray) -> np.ndarray:
+    """The centre 3/4 of the frame scaled back to full size."""
+    r = frame.shape[0]
+    return _crop(frame, r // 8, r // 8, r - 2 * (r // 8))
 
 
 def _corner(frame: np.ndarray, top: bool, left: bool) -> np.ndarray:
-    """One corner's 3/4 of the frame scaled back to full size (bilinear)."""
-    from PIL import Image
-
+    """One corner's 3/4 of the frame scaled back to full size."""
     r = frame.shape[0]
     c = r - r // 4
-    y0, x0 = (0 if top else r - c), (0 if left else r - c)
-    crop = Image.fromarray(frame[y0 : y0 + c, x0 : x0 + c])
-    return np.asarray(crop.resize((r, r), Image.BILINEAR))
+    return _crop(frame, 0 if top else r - c, 0 if left else r - c, c)
 
 
 def _hue(frame: np.ndarray, degrees: int) -> np.ndarray:

@@ -18,6 +18,11 @@ EXIT_ABORTED = 130
 _last_signal: int | None = None  # the signal that stopped the latest loop, read by the CLI
 
 
+class Interrupted(Exception):
+    """A loop stopped on SIGTERM / SIGINT after saving its step; entry points print the message
+    and exit `EXIT_INTERRUPTED` (the demo's training, the VQGAN trainer)."""
+
+
 class StopRequest:
     """Installs handlers on enter and restores the previous ones on exit. A second SIGINT while
     a stop is pending raises KeyboardInterrupt (Ctrl-C twice quits without waiting)."""

@@ -30,7 +30,7 @@ from flax import nnx
 from lwm.checkpoint import Checkpointer
 from lwm.config import parse_section
 from lwm.errors import ConfigError, LwmError
-from lwm.training.signals import StopRequest
+from lwm.training.signals import Interrupted, StopRequest
 from lwm.video.config import VQGANConfig
 from lwm.video.frame_data import FrameBank, load_frame_bank
 from lwm.video.quantizer import perplexity
@@ -116,7 +116,7 @@ class FrameDataConfig:
         return parse_section(cls, d, "data")
 
 
-class VQGANInterrupted(Exception):
+class VQGANInterrupted(Interrupted):
     """Training stopped on SIGTERM / SIGINT after evaluating and checkpointing `step`; running
     again on the same workdir resumes there."""
 
