@@ -74,9 +74,7 @@ _TYPED_SECTIONS = {
 def declared_type(key: str) -> Any | None:
     """The annotation of `--config.KEY`'s field in its typed section (`model.attention.x` ->
     `AttentionConfig.x`), or None when it is not a dataclass field we know."""
-    import dataclasses
     import importlib
-    import typing
 
     parts = key.split(".")
     if parts[0] not in _TYPED_SECTIONS or len(parts) < 2:
@@ -104,8 +102,6 @@ def declared_type(key: str) -> Any | None:
 
 
 def _admits_str(hint: Any) -> bool:
-    import typing
-
     if hint is Any or hint is str:
         return True
     args = typing.get_args(hint)
@@ -113,12 +109,14 @@ def _admits_str(hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
-    import typing
-
-    args = typing.get_args(hint)
-    if args:
-        return " | ".join(_type_name(a) for a in args)
-    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+    """`int | None`, `tuple[int, ...]`, `Literal['a', 'b']`: an annotation as error text."""
+    if hint is type(None):
+        return "None"
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    return str(hint).replace("typing.", "")
 
 
 def _parse_value(key: str, text: str, current: Any) -> Any:
@@ -158,6 +156,20 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
     return value
 
 
+MOVED_KEYS = {"model.attention.ffn_chunk_size": "model.ffn_chunk_size"}
+"""Old override keys of fields that moved -> their new key (used when the config lacks the old)."""
+
+
+def moved_key(config: ml_collections.ConfigDict, key: str) -> str:
+    """`key`, or its new spelling when it names a moved field the config does not hold."""
+    node: Any = config
+    for part in key.split(".") if key in MOVED_KEYS else ():
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return MOVED_KEYS[key]
+        node = node[part]
+    return key
+
+
 def apply_overrides(
     config: ml_collections.ConfigDict, overrides: Sequence[str]
 ) -> ml_collections.ConfigDict:
@@ -166,6 +178,7 @@ def apply_overrides(
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key=value")
+        key = moved_key(config, key)
         node: Any = config
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
@@ -217,14 +230,6 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collecti
 
 
 # ----------------------------------------------------------------------------- typed sections
-
-
-def _type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "None"
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -312,6 +317,17 @@ def parse_fields(cls: type, mapping: Any, section: str) -> dict[str, Any]:
         )
     hints = typing.get_type_hints(cls)
     return {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+
+
+def config_section(cls: type, name: str, **fields: Any) -> ml_collections.ConfigDict:
+    """A config-file section with every field of dataclass `cls` at its default (replaced by
+    `fields`), so each can be set with `--config.<section>.<field>=...`; parsed back by
+    `parse_section`. An unknown field is a one-line ConfigError."""
+    values = dataclasses.asdict(cls())
+    unknown = set(fields) - set(values)
+    if unknown:
+        raise ConfigError(f"unknown {name} config fields: {sorted(unknown)}")
+    return ml_collections.ConfigDict({**values, **fields})
 
 
 def parse_section(cls: type[T], mapping: Any, section: str) -> T:

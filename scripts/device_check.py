@@ -145,7 +145,7 @@ def run_parity(ph: Phase, dry: bool) -> None:
     import numpy as np
 
     from lwm.attention.dense import dense_attention
-    from lwm.attention.flash_ops import flash_attention
+    from lwm.attention.pallas.ops import flash_attention
 
     t, h = (64, 32) if dry else (1024, 128)
     cases = {  # causal, causal_block_size, packed, heads, kv_heads
@@ -206,7 +206,7 @@ def attention_flops(b: int, n: int, t: int, h: int, *, backward: bool) -> float:
 
 
 def tile_configs(dry: bool, tiles: str | None = None):
-    from lwm.attention.flash import BlockSizes, platform
+    from lwm.attention.pallas.kernels import BlockSizes, platform
 
     if tiles:
         out = {}
@@ -237,8 +237,8 @@ def run_attention(
     import jax.numpy as jnp
 
     from lwm.attention.blockwise import blockwise_attention
-    from lwm.attention.flash import platform
-    from lwm.attention.flash_ops import flash_attention
+    from lwm.attention.pallas.kernels import platform
+    from lwm.attention.pallas.ops import flash_attention
 
     b, n, kh, h = (1, 4, 2, 32) if dry else (1, 32, 8, 128)
     chunk = 64 if dry else 1024
@@ -430,7 +430,7 @@ def run_decode(ph: Phase, dry: bool) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from lwm.inference.kv_cache import init_cache
+    from lwm.cache.kv_cache import init_cache
     from lwm.inference.sampler import Sampler
     from lwm.models.transformer import Transformer
 
@@ -483,7 +483,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import jax
 
-    from lwm.attention.flash import platform
+    from lwm.attention.pallas.kernels import platform
 
     dev = jax.devices()[0]
     kind = getattr(dev, "device_kind", dev.platform)

@@ -118,7 +118,8 @@ def test_sampler_refuses_what_the_cache_attention_cannot_run():
 
 @pytest.mark.parametrize("seq_len, ok", [(24, False), (32, True), (6, True)])
 def test_ffn_chunk_rule_checked_like_the_model_applies_it(seq_len, ok):
-    """`ffn_chunk_size` tiles each sequence shard; the check and the traced model agree."""
+    """`ffn_chunk_size` (a model field, next to the MLP) tiles each sequence shard; the model's
+    shape check and the traced model agree."""
     from flax import nnx
 
     from lwm.models.config import ModelConfig
@@ -126,17 +127,17 @@ def test_ffn_chunk_rule_checked_like_the_model_applies_it(seq_len, ok):
 
     cfg = ModelConfig(
         vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-        num_kv_heads=2, max_sequence_length=64, attention=AttentionConfig(ffn_chunk_size=8),
+        num_kv_heads=2, max_sequence_length=64, ffn_chunk_size=8,
     )  # fmt: skip
     mesh = make_mesh({"sp": 2, "fsdp": 4})
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh))
     tokens = jax.ShapeDtypeStruct((4, seq_len), jnp.int32)
     message = f"sequence length {seq_len} not divisible by sp 2 x ffn_chunk_size 8"
     if ok:
-        make_attention(cfg.attention).check(seq_len, mesh)
+        cfg.check_shapes(seq_len, mesh)
         nnx.eval_shape(lambda m, t: m(t), model, tokens)
         return
     with pytest.raises(ConfigError, match=message):
-        make_attention(cfg.attention).check(seq_len, mesh)
+        cfg.check_shapes(seq_len, mesh)
     with pytest.raises(ConfigError, match=message):
         nnx.eval_shape(lambda m, t: m(t), model, tokens)

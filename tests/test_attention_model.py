@@ -24,7 +24,7 @@ def _loss_and_grads(model, tokens, segments, weights):
     @nnx.jit
     def run(model, tokens, segments, weights):
         def loss(model):
-            logits = model(tokens, segment_ids_bt=segments)
+            logits = model(tokens, segment_ids_bt=segments).logits
             return jnp.sum(logits * weights), logits
 
         (_, logits), grads = nnx.value_and_grad(loss, has_aux=True)(model)

@@ -7,11 +7,11 @@ import pytest
 
 from lwm.attention import dense_attention, make_attention
 from lwm.attention.config import AttentionConfig
-from lwm.attention.flash import DEFAULT_BLOCKS, KernelSpec, fit_block
-from lwm.attention.flash_ops import (
-    _flash,
+from lwm.attention.pallas.kernels import DEFAULT_BLOCKS, KernelSpec, fit_block
+from lwm.attention.pallas.ops import (
     choose_kernel,
     flash_attention,
+    flash_attention_core,
     positions,
     resolve_kernel,
 )
@@ -182,7 +182,7 @@ def test_kernels_lower_for_gpu_triton_and_tpu_mosaic(platform, backend):
     pos, seg = positions(jnp.arange(1024), None), jnp.ones((1, 1, 1024), jnp.int32)
 
     def loss(q, k, v):
-        return _flash(q, k, v, pos, seg, spec).astype(jnp.float32).sum()
+        return flash_attention_core(q, k, v, pos, seg, spec).astype(jnp.float32).sum()
 
     lowered = (
         jax.jit(jax.grad(loss, (0, 1, 2))).trace(q, kv, kv).lower(lowering_platforms=(platform,))
@@ -197,7 +197,7 @@ def test_fit_block():
 
 
 def test_untileable_lengths_fall_back_for_auto_and_fail_for_forced_pallas(monkeypatch):
-    import lwm.attention.flash_ops as ops
+    import lwm.attention.pallas.ops as ops
 
     monkeypatch.setattr(ops, "platform", lambda: "gpu")
     auto, forced = ops.PallasChoice(), ops.PallasChoice(forced=True)

@@ -71,7 +71,7 @@ def _convert(src, out, *extra) -> int:
 
 
 def _max_diff(out, hf_dir) -> float:
-    ours = np.asarray(lwm.load_model(out)(jnp.asarray(TOKENS)))
+    ours = np.asarray(lwm.load_model(out)(jnp.asarray(TOKENS)).logits)
     return float(np.max(np.abs(ours - hf_logits(hf_dir, TOKENS))))
 
 

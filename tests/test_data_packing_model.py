@@ -61,7 +61,7 @@ def forward():
 
     @nnx.jit
     def fwd(m, tokens, positions, segment_ids):
-        return m(tokens, positions_bt=positions, segment_ids_bt=segment_ids)
+        return m(tokens, positions_bt=positions, segment_ids_bt=segment_ids).logits
 
     def run(batch, *, segments=True):
         seg = batch["segment_ids"]

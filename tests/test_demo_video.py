@@ -91,7 +91,8 @@ def test_training_prompt_matches_eval_prompt(demo_run):
     from lwm.data.tokenizer import Tokenizer
     from lwm.demo.video_pipeline import eval_seeds, needle_spec, training_jobs
     from lwm.evals.needle import sample_seed
-    from lwm.evals.video_needle import HaystackCodes, VideoNeedleEval
+    from lwm.evals.video_haystack import HaystackCodes
+    from lwm.evals.video_needle_prompt import VideoNeedleEval
     from lwm.video.vqgan import make_encode_fn
     from lwm.video.vqgan_checkpoint import load_vqgan
 

@@ -44,9 +44,8 @@ def test_lookup_compiles_without_full_rematerialization(mesh_axes, capfd):
     graphdef, state = nnx.split(model)
 
     def loss(state, tokens, vision):
-        text_btv, vision_btv = nnx.merge(graphdef, state)(
-            tokens, vision_mask_bt=vision, output="both"
-        )
+        out = nnx.merge(graphdef, state)(tokens, vision_mask_bt=vision, output="both")
+        text_btv, vision_btv = out.logits, out.vision_logits
         return jnp.mean(text_btv) + jnp.mean(vision_btv)
 
     capfd.readouterr()

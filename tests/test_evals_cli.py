@@ -90,7 +90,7 @@ def test_perplexity_matches_direct_computation(ckpt, tmp_path, capsys):
     text.write_text(" ".join(random_sentences(400, seed=3)))
     tokens = np.asarray(tok.encode(text.read_text(), bos=True))
     model = load_model(path)
-    forward = jax.jit(lambda x: model(x))
+    forward = jax.jit(lambda x: model(x).logits)
     points = context_perplexity(segment_nll_fn(model), tokens, [64, 128], segment=32, windows=2)
     # Direct: full-length logits, log-softmax in numpy, same scored targets.
     ends = np.linspace(128, len(tokens) - 1, 2).round().astype(int)

@@ -7,6 +7,7 @@ would add whole-layer copies and fail here."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -16,7 +17,16 @@ import pytest
 from flax import nnx
 from model_fixtures import random_model
 
-from lwm.inference.kv_cache import KVCache, bucket, grow, init_cache, repeat_rows
+from lwm.cache.kv_cache import (
+    KVCache,
+    bucket,
+    cache_field,
+    cache_specs,
+    grow,
+    init_cache,
+    place,
+    repeat_rows,
+)
 from lwm.inference.sampler import DecodeMode, Sampler
 from lwm.inference.sampling import GREEDY
 from lwm.models.config import ModelConfig
@@ -93,7 +103,7 @@ def _line(hlo: str, name: str) -> str:
 
 
 def _step_hlo(sampler: Sampler, cache: KVCache) -> str:
-    step = sampler._step_fn(DecodeMode(), GREEDY)
+    step = sampler.step_fn(DecodeMode(), GREEDY)
     b = cache.batch
     args = (
         sampler.state,
@@ -148,7 +158,12 @@ def test_cache_layout_and_helpers():
     assert cache.ks[0].shape == (1, 2, 64, 8) and cache.ks[0].sharding.spec[2] == "sp"
     rng = np.random.default_rng(0)
     ks = tuple(jnp.asarray(rng.standard_normal((1, 2, 64, 8)), jnp.float32) for _ in range(3))
-    filled = KVCache(ks, tuple(2 * k for k in ks), cache.valid.at[0, :10].set(1), cache.next_pos)
+    filled = KVCache(
+        ks=ks,
+        vs=tuple(2 * k for k in ks),
+        valid=cache.valid.at[0, :10].set(1),
+        next_pos=cache.next_pos,
+    )
     assert filled.k.shape == (3, 1, 64, 2, 8)
     np.testing.assert_array_equal(np.asarray(filled.k)[1, 0, 5], np.asarray(ks[1])[0, :, 5])
     np.testing.assert_array_equal(np.asarray(filled.v), 2 * np.asarray(filled.k))
@@ -158,3 +173,37 @@ def test_cache_layout_and_helpers():
     got = np.asarray(big.k)
     np.testing.assert_array_equal(got[:, :, :64], np.repeat(np.asarray(filled.k), 3, axis=1))
     assert not got[:, :, 64:].any() and int(np.asarray(big.valid)[:, 64:].sum()) == 0
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ScaledCache(KVCache):
+    """A cache with one more field, declared once (as an int8 cache's per-slot scales would be)."""
+
+    k_scales: tuple[jax.Array, ...] = cache_field(
+        ("batch", "act_kv_heads", "length"), dtype="float32", layer="k_scale"
+    )
+
+
+def test_a_field_declared_once_flows_through_every_cache_op():
+    """Creation, shardings, grow, repeat_rows and place handle a new field from its declaration
+    alone: its slot axis is padded, its rows repeated, its slots sharded over sp."""
+    cfg = ModelConfig(**CFG)
+    mesh = make_mesh({"sp": 8})
+    specs = cache_specs(cfg, 1, 64, mesh, cls=ScaledCache)
+    assert [x.shape for x in specs.k_scales] == [(1, 2, 64)] * cfg.num_layers
+    assert specs.k_scales[0].sharding.spec[2] == "sp"
+    cache = init_cache(cfg, 1, 64, mesh, cls=ScaledCache)
+    assert isinstance(cache, ScaledCache) and cache.k_scales[1].dtype == jnp.float32
+    assert cache.k_scales[1].sharding.spec[2] == "sp"
+    scales = tuple(jnp.full((1, 2, 64), i + 1.0) for i in range(cfg.num_layers))
+    cache = dataclasses.replace(cache, k_scales=scales)
+    big = repeat_rows(grow(cache, 96, mesh), 3, mesh)
+    assert isinstance(big, ScaledCache) and big.capacity == 96 and big.batch == 3
+    for i, x in enumerate(big.k_scales):
+        assert x.shape == (3, 2, 96) and x.sharding.spec[2] == "sp"
+        np.testing.assert_array_equal(np.asarray(x)[:, :, :64], i + 1.0)
+        assert not np.asarray(x)[:, :, 64:].any()
+    assert len(big.layer_arrays()) == 3 * cfg.num_layers  # keys, values and scales
+    moved = place(jax.device_get(big), mesh)
+    assert moved.k_scales[0].sharding.spec[2] == "sp"

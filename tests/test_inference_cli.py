@@ -162,7 +162,7 @@ def test_generate_streams_greedy_tokens(assets, capsys):
     # so one compiled forward serves every step.
     seq = np.zeros((1, len(ids) + 6), np.int32)
     seq[0, : len(ids)] = ids
-    forward = nnx.jit(lambda m, x: m(x))
+    forward = nnx.jit(lambda m, x: m(x).logits)
     new = []
     for i in range(len(ids), len(ids) + 6):
         nxt = int(np.asarray(forward(model, jnp.asarray(seq)))[0, i - 1].argmax())
@@ -211,7 +211,7 @@ def test_guided_codes_match_no_cache_guidance(assets):
     for i, p in enumerate(prompts):
         seqs[i, : len(p) + len(gen)] = p + gen
         vision[i, len(p) : len(p) + len(gen)] = True
-    out = nnx.jit(lambda m, x, v: m(x, vision_mask_bt=v, output="vision"))(
+    out = nnx.jit(lambda m, x, v: m(x, vision_mask_bt=v, output="vision").vision_logits)(
         model, jnp.asarray(seqs), jnp.asarray(vision)
     )
     out = np.asarray(out)
@@ -253,3 +253,14 @@ def test_bad_input(assets, capsys, tmp_path):
     args = ["chat", "--checkpoint", str(assets["ckpt"]), "--video", bikes, "--frames", "9", *base]
     assert main(args) == 2
     assert "max_sequence_length 512" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["chat", "generate"])
+def test_template_help_per_command(command, capsys):
+    """`lwm chat` describes its two prompt layouts under --template; the other inference
+    commands keep the shared help."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("question BEFORE the video" in text) == (command == "chat")
+    assert ("other commands keep the default pieces" in text) == (command != "chat")

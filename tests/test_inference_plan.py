@@ -52,7 +52,7 @@ def test_prefill_temporaries_follow_the_shard_not_the_cache():
     cache). Writing the chunk at a traced slot outside the shard_map made XLA gather each
     layer's whole cache onto every device: the temporaries then grew by more than the whole
     (all-device) cache."""
-    cfg = _cfg()  # f32: XLA:CPU computes bf16 dots in f32 (see the README's plan table)
+    cfg = _cfg()  # f32: XLA:CPU computes bf16 dots in f32 (docs/gpu-tpu-and-pods.md)
     mesh = make_mesh({"sp": 8})
     small, big = (plan_inference(cfg, mesh, n, prefill_chunk=512) for n in (8192, 65536))
     shard_growth = big.kv_cache - small.kv_cache

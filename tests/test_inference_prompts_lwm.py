@@ -105,7 +105,7 @@ def test_chat_lwm_template_end_to_end(assets, monkeypatch, capsys):  # noqa: F81
     model = lwm.load_model(a["ckpt"])
     qa = VideoQA(Sampler(model), tok, load_vqgan(a["vqgan"]), template=LWM_TEMPLATE)
     ctx = qa.load(_bikes(), frames=3)
-    forward = nnx.jit(lambda m, x, v: m(x, vision_mask_bt=v))
+    forward = nnx.jit(lambda m, x, v: m(x, vision_mask_bt=v).logits)
     for q, printed in zip(questions, answers):
         ids, mask = qa.prompt_tokens(ctx, q)
         assert ids[:2] == [tok.bos_id, tok.bos_id] and sum(mask) == 195

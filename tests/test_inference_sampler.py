@@ -69,7 +69,8 @@ ORACLE_LEN = 48
 
 @functools.partial(nnx.jit, static_argnames="output")
 def _forward(model, tokens, vision, output):
-    return model(tokens, vision_mask_bt=vision, output=output)
+    out = model(tokens, vision_mask_bt=vision, output=output)
+    return out.logits if output == "text" else out.vision_logits
 
 
 def _full_logits(model, tokens, vision=None, output="text"):

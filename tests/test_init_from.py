@@ -119,8 +119,8 @@ def test_text_to_vision_extension_keeps_text_logits(converted):
         == mdef.param_shardings(mesh)["blocks"]["attn"]["wq"]
     )
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 128, size=(2, 24)), jnp.int32)
-    ours = np.asarray(mdef.merge(params)(tokens))
-    theirs = np.asarray(lwm.load_model(converted)(tokens))
+    ours = np.asarray(mdef.merge(params)(tokens).logits)
+    theirs = np.asarray(lwm.load_model(converted)(tokens).logits)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     fresh = init_params(mdef, 3, mesh)
     np.testing.assert_array_equal(params["vision_head"], fresh["vision_head"])

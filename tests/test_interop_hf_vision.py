@@ -56,16 +56,17 @@ def test_vision_model_to_hf_gives_lwms_text_and_vision_logits(tmp_path, tied):
     vision = [False] * 6 + [True] * len(codes) + [False] * 4
     tokens_bt = np.asarray([tokens], np.int32)
     vision_bt = np.asarray([vision])
-    text_l, vision_l = nnx.jit(lambda m, x, v: m(x, vision_mask_bt=v, output="both"))(
+    out = nnx.jit(lambda m, x, v: m(x, vision_mask_bt=v, output="both"))(
         model, jnp.asarray(tokens_bt), jnp.asarray(vision_bt)
     )
+    text_l, vision_l = out.logits, out.vision_logits
     hf_ids = np.where(vision_bt, tokens_bt + side["vision_offset"], tokens_bt)
     theirs = hf_logits(tmp_path / "hf", hf_ids)[0]
     np.testing.assert_allclose(theirs[:, :TEXT], np.asarray(text_l)[0], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(theirs[:, TEXT:], np.asarray(vision_l)[0], atol=1e-4, rtol=1e-4)
     if tied:
         return
-    # The README's recipe: generate a text answer with the vision ids suppressed.
+    # docs/video.md's recipe: generate a text answer with the vision ids suppressed.
     import torch
     from transformers import LlamaForCausalLM
 

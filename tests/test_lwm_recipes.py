@@ -29,7 +29,7 @@ def test_vision_recipe_stages_on_512_devices():
     assert [s.seq_len for s in spec.stages] == [2**10, 2**13, 2**15, 2**17, 2**20]
     assert {s.rope_theta for s in spec.stages} == {5e7}
     assert {s.batch_tokens for s in spec.stages} == {8 * 2**20}
-    assert all(s.data and s.data["path"] for s in spec.stages)
+    assert all(s.data.source == "dataset" and s.data.path for s in spec.stages)
 
 
 def _tiny_copy(name: str, length_div: int):
@@ -49,7 +49,7 @@ def _tiny_copy(name: str, length_div: int):
     if m.vision_vocab_size:
         m.vision_vocab_size, m.vision_eof_id, m.vision_eov_id = 24, 16, 17
     m.attention.query_chunk_size = m.attention.key_chunk_size = 16
-    m.attention.ffn_chunk_size = 0  # the blockwise FFN only adds compile time at these lengths
+    m.ffn_chunk_size = 0  # the blockwise FFN only adds compile time at these lengths
     longest = max(st.seq_len for st in config.stages) // length_div
     m.max_sequence_length = longest
     for st in config.stages:

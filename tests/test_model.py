@@ -35,7 +35,10 @@ def vision_model():
 
 
 def _forward(model, tokens, vision_mask, output):
-    return model(jnp.asarray(tokens), vision_mask_bt=jnp.asarray(vision_mask), output=output)
+    out = model(jnp.asarray(tokens), vision_mask_bt=jnp.asarray(vision_mask), output=output)
+    return {"text": out.logits, "vision": out.vision_logits}.get(
+        output, (out.logits, out.vision_logits)
+    )
 
 
 def test_vision_tables_and_heads_are_separate(vision_model):
@@ -97,7 +100,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
             attn[name] = np.repeat(np.asarray(attn[name]), 2, axis=1)
     set_params(mha, params)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 97, (2, 16)))
-    np.testing.assert_allclose(gqa(tokens), mha(tokens), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(gqa(tokens).logits, mha(tokens).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_packed_segments_are_independent():
@@ -108,23 +111,25 @@ def test_packed_segments_are_independent():
     packed = np.concatenate([a, b])[None]
     seg = np.array([[1] * 7 + [2] * 9])
     pos = np.array([list(range(7)) + list(range(9))])
-    out = model(jnp.asarray(packed), positions_bt=jnp.asarray(pos), segment_ids_bt=jnp.asarray(seg))
-    alone = model(jnp.asarray(b[None]))
+    out = model(
+        jnp.asarray(packed), positions_bt=jnp.asarray(pos), segment_ids_bt=jnp.asarray(seg)
+    ).logits
+    alone = model(jnp.asarray(b[None])).logits
     np.testing.assert_allclose(out[0, 7:], alone[0], atol=1e-5, rtol=1e-5)
     # Without segment ids, B would see A: the test above is not vacuous.
-    leaky = model(jnp.asarray(packed), positions_bt=jnp.asarray(pos))
+    leaky = model(jnp.asarray(packed), positions_bt=jnp.asarray(pos)).logits
     assert np.max(np.abs(leaky[0, 7:] - alone[0])) > 1e-3
 
 
 def test_blockwise_ffn_matches_full():
     full = _model()
-    chunked = Transformer(full.config.replace(attention={"ffn_chunk_size": 4}), rngs=nnx.Rngs(0))
+    chunked = Transformer(full.config.replace(ffn_chunk_size=4), rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 97, (2, 16)))
 
     def loss(m):
-        return jnp.mean(m(tokens) ** 2)
+        return jnp.mean(m(tokens).logits ** 2)
 
-    np.testing.assert_allclose(chunked(tokens), full(tokens), atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(chunked(tokens).logits, full(tokens).logits, atol=1e-6, rtol=1e-6)
     g_full = nnx.grad(loss)(full)
     g_chunk = nnx.grad(loss)(chunked)
     for x, y in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_chunk)):
@@ -140,16 +145,16 @@ def test_sharded_model_matches_single_device():
     assert len(wq.sharding.device_set) == 8
     tokens = jnp.asarray(np.random.default_rng(4).integers(0, 97, (2, 16)))
     out = nnx.jit(lambda m, t: m(t))(sharded, tokens)
-    np.testing.assert_allclose(out, single(tokens), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out.logits, single(tokens).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_bfloat16_compute_close_to_fp32():
     fp32 = _model()
     bf16 = Transformer(fp32.config.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(5).integers(0, 97, (1, 16)))
-    out = bf16(tokens)
+    out = bf16(tokens).logits
     assert out.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(out, np.float32), fp32(tokens), atol=0.05)
+    np.testing.assert_allclose(np.asarray(out, np.float32), fp32(tokens).logits, atol=0.05)
 
 
 @pytest.mark.parametrize(
@@ -164,3 +169,32 @@ def test_bfloat16_compute_close_to_fp32():
 def test_config_validation(kw, match):
     with pytest.raises(ConfigError, match=match):
         ModelConfig(**{**SMALL, **kw})
+
+
+def test_every_call_returns_one_model_output(vision_model):
+    """Text, vision, both, with or without a cache: one `ModelOutput` (a pytree, so it comes
+    out of `nnx.jit` as is); `init_cache` beside `__call__` gives the cache the call extends."""
+    from lwm.cache.slots import CacheSlots
+    from lwm.models.output import ModelOutput
+
+    tokens = jnp.asarray(np.random.default_rng(6).integers(0, 30, (2, 8)), jnp.int32)
+    call = nnx.jit(lambda m, t, output: m(t, output=output), static_argnames="output")
+    outs = {o: call(vision_model, tokens, output=o) for o in ("text", "vision", "both")}
+    for o, out in outs.items():
+        assert isinstance(out, ModelOutput) and out.cache is None
+        assert (out.logits is None) == (o == "vision")
+        assert (out.vision_logits is None) == (o == "text")
+    assert outs["both"].logits.shape == (2, 8, 97)
+    assert outs["both"].vision_logits.shape == (2, 8, 40)
+    np.testing.assert_array_equal(outs["both"].logits, outs["text"].logits)
+    np.testing.assert_array_equal(outs["both"].vision_logits, outs["vision"].vision_logits)
+
+    cache = vision_model.init_cache(2, 16)
+    assert (cache.batch, cache.capacity, cache.num_layers) == (2, 16, 2)
+    slots = CacheSlots.for_chunk(cache.valid, jnp.ones((2, 8), jnp.int32), jnp.int32(0))
+    out = vision_model(tokens, output="both", cache=cache, cache_slots=slots)
+    assert isinstance(out, ModelOutput) and out.cache.capacity == 16
+    np.testing.assert_allclose(out.logits, outs["both"].logits, atol=1e-5, rtol=1e-5)
+    assert np.asarray(out.cache.next_pos).tolist() == [8, 8]
+    with pytest.raises(ValueError, match="cache_slots"):
+        vision_model(tokens, cache=cache)

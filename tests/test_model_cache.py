@@ -1,9 +1,9 @@
 """The model's own call with a per-layer cache (one forward path for training and decoding).
 
 Oracle: the uncached forward of the whole sequence. Feeding the same tokens through
-`Transformer.__call__(..., cache=...)` in chunks (a prefill chunk, then single-token steps) must
-give the same logits at every position, for looped and scanned layers, on one device and with the
-cache sharded over `sp`.
+`Transformer.__call__(..., cache=model.init_cache(...))` in chunks (a prefill chunk, then
+single-token steps) must give the same logits at every position, for looped and scanned layers, on
+one device and with the cache sharded over `sp`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import pytest
 from flax import nnx
 from model_fixtures import random_model
 
-from lwm.attention.cached import CacheSlots, LayerCache
-from lwm.inference.kv_cache import init_cache
+from lwm.cache.kv_cache import KVCache
+from lwm.cache.slots import LAYER_KV_NAMES, VALID_NAMES, CacheSlots
 from lwm.models.config import ModelConfig
+from lwm.models.output import ModelOutput
 from lwm.models.transformer import Transformer
-from lwm.sharding import make_mesh
+from lwm.sharding import logical_to_sharding, make_mesh
 
 CFG = dict(
     vocab_size=53,
@@ -38,20 +39,20 @@ def test_cached_call_matches_uncached_forward(scan_layers, sp):
     mesh = make_mesh({"sp": sp, "fsdp": 8 // sp}) if sp > 1 else None
     model = random_model(lambda: Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 53, (2, 20)), jnp.int32)
-    want = model(tokens)  # [B, T, V]
+    want = model(tokens).logits  # [B, T, V]
 
     @jax.jit
     def run(model, cache, tokens, start):
         b, t = tokens.shape
         valid = jnp.ones((b, t), jnp.int32)
         slots = CacheSlots.for_chunk(cache.valid, valid, start, mesh=mesh, key_block=16)
-        layers = cache.layers(slots)
         positions = start + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        logits, layers = model(tokens, positions_bt=positions, cache=layers)
-        assert all(isinstance(c, LayerCache) for c in layers)
-        return logits, cache.advance(layers, slots, positions)
+        out = model(tokens, positions_bt=positions, cache=cache, cache_slots=slots)
+        assert isinstance(out, ModelOutput) and isinstance(out.cache, KVCache)
+        assert out.vision_logits is None
+        return out.logits, out.cache
 
-    cache = init_cache(cfg, 2, 32, mesh)
+    cache = model.init_cache(2, 32)
     got, cache = run(model, cache, tokens[:, :16], jnp.int32(0))  # a prefill chunk (blockwise)
     pieces = [got]
     for i in range(16, 20):  # then decode steps (dense pass over the cache)
@@ -67,7 +68,8 @@ def test_sharded_cache_write_and_attention_match_numpy():
     """The shard-local write (a chunk longer than a shard, straddling shards, or one slot) lands
     exactly where an unsharded write would, and the blockwise prefill kernel over the sharded
     cache equals dense masked attention (numpy) over the whole cache."""
-    from lwm.attention.cached import cached_attention, write_slots
+    from lwm.attention.cached import cached_attention
+    from lwm.cache.write import write_slots
 
     mesh = make_mesh({"sp": 8})
     rng = np.random.default_rng(1)
@@ -82,11 +84,11 @@ def test_sharded_cache_write_and_attention_match_numpy():
         want[:, :, start : start + t] = new
         want_valid = valid.copy()
         want_valid[:, start : start + t] = new_valid
-        got = jax.jit(lambda x, y, i: write_slots(x, y, i, mesh, axis=2))(
+        got = jax.jit(lambda x, y, i: write_slots(x, y, i, mesh, names=LAYER_KV_NAMES))(
             init_like(cache, mesh), jnp.asarray(new), jnp.int32(start)
         )
         np.testing.assert_array_equal(np.asarray(got), want)
-        got_valid = jax.jit(lambda x, y, i: write_slots(x, y, i, mesh, axis=1))(
+        got_valid = jax.jit(lambda x, y, i: write_slots(x, y, i, mesh, names=VALID_NAMES))(
             jnp.asarray(valid), jnp.asarray(new_valid), jnp.int32(start)
         )
         np.testing.assert_array_equal(np.asarray(got_valid), want_valid)
@@ -115,6 +117,4 @@ def test_sharded_cache_write_and_attention_match_numpy():
 
 def init_like(x: np.ndarray, mesh) -> jax.Array:
     """`x` placed with the cache's sharding (slots over sp)."""
-    from lwm.inference.kv_cache import cache_shardings
-
-    return jax.device_put(jnp.asarray(x), cache_shardings(x.shape, mesh)[0])
+    return jax.device_put(jnp.asarray(x), logical_to_sharding(LAYER_KV_NAMES, x.shape, mesh))

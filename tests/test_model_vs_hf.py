@@ -40,7 +40,7 @@ def test_logits_match_transformers(hf_dir, converted, tokens):
     cfg = model.config
     assert (cfg.num_heads, cfg.num_kv_heads, cfg.rope_theta) == (4, 2, 50000.0)
     assert not cfg.tie_word_embeddings
-    ours = np.asarray(model(jnp.asarray(tokens)))
+    ours = np.asarray(model(jnp.asarray(tokens)).logits)
     theirs = hf_logits(hf_dir, tokens)
     assert ours.shape == theirs.shape == (2, 37, 128)
     assert np.max(np.abs(ours - theirs)) <= 1e-4
@@ -63,14 +63,14 @@ def test_scanned_and_remat_model_match_transformers(hf_dir, converted, tokens):
         lambda *xs: np.stack(xs), *[blocks[str(i)] for i in range(loop.config.num_layers)]
     )
     set_params(scanned, params)
-    ours = np.asarray(scanned(jnp.asarray(tokens)))
+    ours = np.asarray(scanned(jnp.asarray(tokens)).logits)
     assert np.max(np.abs(ours - hf_logits(hf_dir, tokens))) <= 1e-4
 
 
 def test_export_round_trip_loads_in_transformers(converted, tokens, tmp_path):
     out = tmp_path / "hf_out"
     assert main(["convert", "to-hf", str(converted), str(out)]) == 0
-    ours = np.asarray(lwm.load_model(converted)(jnp.asarray(tokens)))
+    ours = np.asarray(lwm.load_model(converted)(jnp.asarray(tokens)).logits)
     assert np.max(np.abs(hf_logits(out, tokens) - ours)) <= 1e-4
 
 
@@ -80,7 +80,7 @@ def test_tied_embeddings_round_trip(tmp_path, tokens):
     assert main(["convert", "from-hf", str(hf), str(out)]) == 0
     model = lwm.load_model(out)
     assert model.config.tie_word_embeddings and model.lm_head is None
-    ours = np.asarray(model(jnp.asarray(tokens)))
+    ours = np.asarray(model(jnp.asarray(tokens)).logits)
     assert np.max(np.abs(ours - hf_logits(hf, tokens))) <= 1e-4
 
 

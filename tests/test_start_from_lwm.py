@@ -1,5 +1,6 @@
-"""The README's "Start from LLaMA-2 / LWM" walkthrough on a tiny model: convert an LWM Jax
-checkpoint, plan, fine-tune from it (`--init-from`), evaluate the run (`lwm perplexity`)."""
+"""The "Start from LLaMA-2 / LWM" walkthrough (docs/start-from-a-model.md) on a tiny model:
+convert an LWM Jax checkpoint, plan, fine-tune from it (`--init-from`), evaluate the run
+(`lwm perplexity`)."""
 
 from __future__ import annotations
 

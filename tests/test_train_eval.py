@@ -149,13 +149,14 @@ def _numpy_loss(mdef, params, batches, text_weight=0.5, vision_weight=0.5):
     model = mdef.merge(jax_tree(params))
     sums = dict(tn=0.0, tc=0.0, vn=0.0, vc=0.0)
     for b in batches:
-        text, vision = model(
+        out = model(
             jnp.asarray(b["tokens"]),
             positions_bt=jnp.asarray(b["positions"]),
             segment_ids_bt=jnp.asarray(b["segment_ids"]),
             vision_mask_bt=jnp.asarray(b["vision_mask"]).astype(bool),
             output="both",
         )
+        text, vision = out.logits, out.vision_logits
         mask = np.asarray(b["loss_mask"]) > 0
         is_vis = np.asarray(b["target_vision_mask"]).astype(bool)
         terms = ((text, mask & ~is_vis, "tn", "tc"), (vision, mask & is_vis, "vn", "vc"))

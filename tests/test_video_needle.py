@@ -16,14 +16,10 @@ from lwm.cli.main import main
 from lwm.errors import LwmError
 from lwm.evals.needle import Job
 from lwm.evals.needle_images import COLOURS, DIGIT_WORDS, answer_matches, make_needle
-from lwm.evals.video_needle import (
-    HaystackCodes,
-    VideoNeedleEval,
-    VideoNeedleSpec,
-    frame_order,
-    run_video_needle_eval,
-    write_report,
-)
+from lwm.evals.video_haystack import HaystackCodes
+from lwm.evals.video_needle import run_video_needle_eval, write_report
+from lwm.evals.video_needle_prompt import VideoNeedleEval
+from lwm.evals.video_needle_task import VideoNeedleSpec, frame_order
 from lwm.video.tokenize import layout_tokens
 
 CODES, EOF, EOV, RES = 32, 32, 33, 16  # tiny VQGAN: 16px frames -> 4x4 codes of 32

@@ -1,5 +1,6 @@
-"""The README's "Train on your own data" commands, run exactly as written (in-process, in a
-fresh folder holding only a link to `data/`), and each example file of `data/` builds."""
+"""The commands of docs/train-on-your-data.md (its walkthrough block), run exactly as written
+(in-process, in a fresh folder holding only a link to `data/`), and each example file of `data/`
+builds."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ FAST = ["--config.train.progress_bar=False", "--config.train.peak_flops=1e12"]
 
 
 def walkthrough_commands() -> list[list[str]]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "train-on-your-data.md").read_text()
     block = text.split("<!-- walkthrough:start -->")[1].split("<!-- walkthrough:end -->")[0]
     lines = [x.strip() for x in block.splitlines() if x.strip().startswith("lwm ")]
     return [shlex.split(x)[1:] for x in lines]
@@ -32,7 +33,7 @@ def in_fresh_dir(tmp_path):
     os.chdir(old)
 
 
-def test_readme_walkthrough_runs_as_written(in_fresh_dir, capsys):
+def test_guide_walkthrough_runs_as_written(in_fresh_dir, capsys):
     commands = walkthrough_commands()
     assert [c[0] for c in commands] == ["data", "tokenizer", "data", "train", "generate", "needle"]
     for argv in commands:

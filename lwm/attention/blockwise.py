@@ -1,9 +1,9 @@
 """Blockwise (flash-style) attention: online softmax over query x key chunks, recompute in backward.
 
-The chunk kernels here are shared with ring attention (lwm/attention/ring.py): one "step" attends a
-block of local queries to one block of keys/values, given the *natural* sequence index of every row
-(so the mask is right whatever layout the rows are stored in). Arrays inside the kernels are chunked
-and head-major:
+The chunk kernels here are also ring attention's xla step (lwm/attention/ring_steps.py): one "step"
+attends a block of local queries to one block of keys/values, given the *natural* sequence index of
+every row (so the mask is right whatever layout the rows are stored in). Arrays inside the kernels
+are chunked and head-major:
 
   q, o, do:  [nq, B, K, G, cq, H]   (K kv heads, G query heads each: GQA, K/V never repeated)
   k, v:      [nk, B, K, ck, H]
@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lwm.attention import AttentionOp
+from lwm.attention.base import AttentionOp, register_backend
 from lwm.attention.dense import attention_mask
-from lwm.attention.flash_ops import choose_kernel, usable_kernel
+from lwm.attention.pallas.ops import choose_kernel, flash_attention, usable_kernel
 from lwm.errors import ConfigError
 
 SKIP, FULL, PARTIAL = 0, 1, 2
@@ -407,7 +407,7 @@ def blockwise_attention(
 ) -> jax.Array:
     """Blockwise attention with the mask semantics of `dense_attention`; validates shapes.
 
-    `kernel` (a flash_ops.PallasChoice) runs the fused Pallas kernels instead of the xla chunks."""
+    `kernel` (a pallas.ops.PallasChoice) runs the fused Pallas kernels instead of the xla chunks."""
     b, t, n, _ = q_btnh.shape
     check_heads(n, k_btkh.shape[2])
     if k_btkh.shape[1] != t or v_btkh.shape != k_btkh.shape:
@@ -428,8 +428,6 @@ def blockwise_attention(
         segment_ids_bt = segment_ids_bt.astype(jnp.int32)
     kernel = usable_kernel(kernel, t, t, q_btnh.shape[3])
     if kernel is not None:  # the one dispatch point to the Pallas kernels
-        from lwm.attention.flash_ops import flash_attention
-
         return flash_attention(
             q_btnh,
             k_btkh,
@@ -444,6 +442,7 @@ def blockwise_attention(
     return blockwise_attention_core(q_btnh, k_btkh, v_btkh, segment_ids_bt, spec)
 
 
+@register_backend("blockwise")
 @dataclasses.dataclass(frozen=True)
 class BlockwiseAttentionOp(AttentionOp):
     """Single-device memory-efficient attention (natural layout)."""

@@ -12,15 +12,13 @@ partial results are merged with a log-sum-exp weighted sum over `sp` (two small 
 the chunk's size; the cache itself never moves). This is ring attention's math with the roles
 reversed: the queries are tiny, so they are replicated instead of the keys being rotated.
 
-Writes go through `write_slots`: each device updates its own shard inside a shard_map (the
-chunk's slots map to (shard, local offset); a chunk may straddle shards). Left to the SPMD
-partitioner, a dynamic-update-slice at a traced slot on the sharded axis gathers the whole
-layer cache onto every device, so prefill temporaries grew with the full cache, not the shard.
+Writes go through `lwm.cache.write.write_slots` (each device writes its own shard); the cache
+types (`LayerCache`, `CacheSlots`, `KVCache`) live in `lwm.cache`; this module holds the kernels.
 
 The cache is head-major, `[B, K, S, H]` per layer: both decode products are then matrix-vector
 products batched over (row, kv head) that stream the cache once, in place.
 
-Mask: query at slot i sees slot j iff j <= i and valid[b, j] (see `lwm.inference.kv_cache`).
+Mask: query at slot i sees slot j iff j <= i and valid[b, j] (see `lwm.cache.slots`).
 
 The model's own attention layer calls `attend_cached` when it is given a `LayerCache` (one layer's
 keys/values plus the `CacheSlots` of the chunk, shared by all layers), so training and cached
@@ -29,7 +27,6 @@ decoding run the same blocks: only this kernel differs.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -48,11 +45,12 @@ from lwm.attention.blockwise import (
     unchunk_q,
 )
 from lwm.attention.config import AttentionConfig
+from lwm.cache.slots import LAYER_KV_NAMES, LayerCache
+from lwm.cache.write import write_slots
 from lwm.errors import ConfigError
 from lwm.sharding import logical_to_spec
 
 SP = "sp"
-VALID_AXES = ("batch", "length")
 DENSE_MAX_QUERIES = 8
 """Up to this many queries (decode steps) use one dense masked pass over the local slots: its
 scores are only `[queries, S / sp]`, and it reads the cache in place. Longer chunks (prefill) use
@@ -307,62 +305,6 @@ def decode_attention(
     return o.reshape(b, t, n, h).astype(q_btnh.dtype)
 
 
-def _write_local(x, new, start, lo, axis):
-    """Writes `new` (`T` slots on `axis`) at global slot `start` into the local shard `x` that
-    holds global slots `[lo, lo + S_local)`; only the part of the chunk inside the shard lands.
-
-    One window of `W = min(T, S_local)` local slots is read, merged with the chunk where the
-    chunk covers it, and written back: a dynamic-update-slice of `W` slots on the shard, in
-    place, whatever the offset (a chunk may straddle two shards, or miss this one)."""
-    t, s_local = new.shape[axis], x.shape[axis]
-    w = min(t, s_local)
-    a = jnp.clip(start - lo, 0, s_local)  # first local slot the chunk covers
-    off = jnp.minimum(a, s_local - w)  # window [off, off + w) contains the covered range
-    i0 = lo + off - start  # chunk index of the window's first slot
-    pad = [(0, 0)] * new.ndim
-    pad[axis] = (w, w)
-    src = lax.dynamic_slice_in_dim(jnp.pad(new, pad), jnp.clip(i0 + w, 0, t + w), w, axis)
-    idx = i0 + jnp.arange(w, dtype=jnp.int32)
-    shape = [1] * new.ndim
-    shape[axis] = w
-    inside = ((idx >= 0) & (idx < t)).reshape(shape)
-    old = lax.dynamic_slice_in_dim(x, off, w, axis)
-    return lax.dynamic_update_slice_in_dim(x, jnp.where(inside, src, old), off, axis)
-
-
-def write_slots(
-    x: jax.Array, new: jax.Array, start: jax.Array, mesh: Any, *, axis: int
-) -> jax.Array:
-    """`x` with `new` written at slots `[start, start + T)` of `axis`, the slot axis, sharded over
-    `sp` as the cache is (`[B, K, S, H]` with axis 2, or the `[B, S]` valid mask with axis 1).
-
-    With `sp > 1` every device writes its own shard inside a shard_map. A dynamic-update-slice
-    at a traced offset on a sharded axis, left to the SPMD partitioner, all-gathers the whole
-    buffer on every device, updates it and slices it back: a full (unsharded) copy of each
-    layer cache in every prefill chunk's temporaries."""
-    sp = mesh_sp(mesh)
-    new = new.astype(x.dtype)
-    if sp == 1 or mesh is None:
-        out = lax.dynamic_update_slice_in_dim(x, new, start, axis)
-    else:
-        s_local = x.shape[axis] // sp
-        names = ("batch", "act_kv_heads", "length", "head_dim") if x.ndim == 4 else VALID_AXES
-        spec = logical_to_spec(names, x.shape, mesh)
-        new_spec = P(*(None if i == axis else a for i, a in enumerate(spec)))
-
-        def local(x, new, start):
-            return _write_local(x, new, start, lax.axis_index(SP) * s_local, axis)
-
-        out = jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(spec, new_spec, P()),
-            out_specs=spec,
-            check_vma=False,
-        )(x, new, jnp.asarray(start, jnp.int32))
-    return out
-
-
 def check_cache(cfg: AttentionConfig, capacity: int | None, mesh: Any) -> None:
     """The cache attention's rules, before any compute: the model's attention must be
     token-causal (the cached path cannot reproduce block-causal masks), and a fixed capacity
@@ -374,51 +316,6 @@ def check_cache(cfg: AttentionConfig, capacity: int | None, mesh: Any) -> None:
         )
     if capacity is not None:
         check_capacity(capacity, mesh)
-
-
-@dataclasses.dataclass(frozen=True)
-class CacheSlots:
-    """Where a chunk of `T` new tokens goes in a cache of `S` slots; shared by every layer."""
-
-    start: jax.Array
-    """First slot of the chunk (int32 scalar, traced: no recompile per position)."""
-    valid_bt: jax.Array
-    """`[B, T]` 1 for the chunk's real tokens, 0 for left padding."""
-    old_valid_bs: jax.Array
-    """`[B, S]` the cache's valid slots before the chunk."""
-    valid_bs: jax.Array
-    """`[B, S]` valid slots once the chunk is written."""
-    q_slots_t: jax.Array
-    """`[T]` the chunk's slots, `start + arange(T)`."""
-    mesh: Any = None
-    """The mesh the cache is sharded on (the model's)."""
-    key_block: int = 512
-    """Key block of the prefill kernel over the cache."""
-
-    @classmethod
-    def for_chunk(
-        cls,
-        old_valid_bs: jax.Array,
-        valid_bt: jax.Array,
-        start: jax.Array,
-        *,
-        mesh: Any = None,
-        key_block: int = 512,
-    ) -> CacheSlots:
-        t = valid_bt.shape[1]
-        valid_bs = write_slots(old_valid_bs, valid_bt.astype(jnp.int32), start, mesh, axis=1)
-        q_slots_t = start + jnp.arange(t, dtype=jnp.int32)
-        return cls(start, valid_bt, old_valid_bs, valid_bs, q_slots_t, mesh, key_block)
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerCache:
-    """One layer's keys and values `[B, K, S, H]` (head-major, RoPE applied) and the chunk's
-    slots. Passing one to the model's attention layer makes it attend to (and extend) the cache."""
-
-    k_bksh: jax.Array
-    v_bksh: jax.Array
-    slots: CacheSlots
 
 
 def _after(x_bkth: jax.Array, dep_btnh: jax.Array) -> jax.Array:
@@ -457,11 +354,11 @@ def attend_cached(
             slots.q_slots_t,
             mesh=slots.mesh,
         )
-        k_bksh = write_slots(k_bksh, _after(k_new, out_btnh), start, mesh, axis=2)
-        v_bksh = write_slots(v_bksh, _after(v_new, out_btnh), start, mesh, axis=2)
+        k_bksh = write_slots(k_bksh, _after(k_new, out_btnh), start, mesh, names=LAYER_KV_NAMES)
+        v_bksh = write_slots(v_bksh, _after(v_new, out_btnh), start, mesh, names=LAYER_KV_NAMES)
     else:
-        k_bksh = write_slots(k_bksh, k_new, start, mesh, axis=2)
-        v_bksh = write_slots(v_bksh, v_new, start, mesh, axis=2)
+        k_bksh = write_slots(k_bksh, k_new, start, mesh, names=LAYER_KV_NAMES)
+        v_bksh = write_slots(v_bksh, v_new, start, mesh, names=LAYER_KV_NAMES)
         out_btnh = cached_attention(
             q_btnh,
             k_bksh,
@@ -471,4 +368,4 @@ def attend_cached(
             mesh=slots.mesh,
             key_block=slots.key_block,
         )
-    return out_btnh, LayerCache(k_bksh, v_bksh, slots)
+    return out_btnh, LayerCache(k_bksh=k_bksh, v_bksh=v_bksh, slots=slots)

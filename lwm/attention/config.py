@@ -7,7 +7,6 @@ from typing import Literal
 
 from lwm.errors import ConfigError
 
-AttentionBackend = Literal["dense", "blockwise", "ring"]
 Layout = Literal["contiguous", "zigzag", "striped"]
 AttentionKernel = Literal["auto", "xla", "pallas"]
 KERNELS = ("auto", "xla", "pallas")
@@ -15,8 +14,9 @@ KERNELS = ("auto", "xla", "pallas")
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-    backend: AttentionBackend = "dense"
-    """Implementation: `dense` (reference), `blockwise` (flash-style), `ring` (over `sp`)."""
+    backend: str = "dense"
+    """Implementation, a registered backend name (lwm/attention/base.py): `dense` (reference),
+    `blockwise` (flash-style), `ring` (over `sp`); `make_attention` rejects unknown names."""
     query_chunk_size: int = 512
     """Query block length for blockwise/ring attention (per device for ring)."""
     key_chunk_size: int = 512
@@ -25,11 +25,9 @@ class AttentionConfig:
     """Block-causal masking (LWM option): tokens see whole blocks of this size; None = causal."""
     layout: Layout = "zigzag"
     """Placement of sequence chunks over `sp` for ring attention; load-balanced by default."""
-    ffn_chunk_size: int = 0
-    """Blockwise feed-forward: chunk length over the sequence (0 = off)."""
     kernel: AttentionKernel = "auto"
     """Implementation of blockwise/ring attention: `xla` (einsum chunk loops), `pallas` (fused
-    kernels, lwm/attention/flash.py; interpreted on CPU), `auto` = pallas on GPU/TPU, xla on CPU."""
+    kernels, lwm/attention/pallas/; interpreted on CPU), `auto` = pallas on GPU/TPU, xla on CPU."""
     kernel_block_q: int = 0
     """Pallas query tile (rows per program, forward and backward); 0 = the backend's default."""
     kernel_block_k: int = 0

@@ -29,7 +29,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lwm.checkpoint import policy
 from lwm.errors import LwmError
 from lwm.pytree import key_path_str
 
@@ -108,7 +107,7 @@ class Checkpointer:
         save_every: int | None = None,
         async_save: bool = True,
         preserve_steps: Sequence[int] = (),
-        strict: bool | None = None,
+        strict: bool = False,
         log: Callable[[str], None] | None = None,
         readonly: bool = False,
     ):
@@ -116,12 +115,12 @@ class Checkpointer:
         only steps divisible by it (None = every call); `async_save`: write in the background;
         `preserve_steps`: steps never pruned by `keep` (e.g. the ends of training stages, the
         starting points of later stages and of ablations); `strict`: an unreadable newest step
-        is an error instead of a fallback to the previous readable one (None: the CLI's
-        `--strict`, `lwm.checkpoint.policy.strict_default`); `log`: where the one-line fallback
+        is an error instead of a fallback to the previous readable one (the CLI's `--strict`,
+        passed down by each command); `log`: where the one-line fallback
         notes go (default: stderr); `readonly`: for loading only: neither creates the directory
         nor removes unfinished temporary steps, and refuses `save`."""
         self.directory = pathlib.Path(directory).expanduser().resolve()
-        self.strict = policy.strict_default if strict is None else bool(strict)
+        self.strict = bool(strict)
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._unreadable: dict[int, str] = {}  # step -> why, found in this session
         self._checked: set[int] = set()  # steps whose small files read fine
@@ -278,7 +277,7 @@ class Checkpointer:
             try:
                 self._read_json(step, _METADATA)
                 self._read_json(step, _DATA)
-                if not jax.tree_util.tree_leaves(self._saved_tree(step)):
+                if not jax.tree_util.tree_leaves(self.saved_tree(step)):
                     why = f"{_STATE} holds no arrays"
             except Exception as e:  # orbax/tensorstore raise many types for damaged files
                 why = _reason(e)
@@ -346,7 +345,7 @@ class Checkpointer:
     ) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
         keys = _subtree_keys(subtree)
         if abstract_state is None:
-            saved = self._saved_tree(step)
+            saved = self.saved_tree(step)
             target = _get_path(saved, keys, f"checkpoint step {step}")
             target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), target)
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
@@ -379,14 +378,14 @@ class Checkpointer:
         data_state = data.get("value") if isinstance(data, Mapping) else None
         return state, dict(out[_METADATA]), data_state
 
-    def _saved_tree(self, step: int) -> Any:
+    def saved_tree(self, step: int) -> Any:
         """The saved state's structure (leaves are orbax value metadata)."""
         meta = self._manager.item_metadata(step)[_STATE]
         return meta.tree if hasattr(meta, "tree") else meta
 
     def _check_structure(self, step: int, keys: tuple[str, ...], target: Any) -> None:
         """One-line error when the requested structure or shapes differ from the saved ones."""
-        saved = _get_path(self._saved_tree(step), keys, f"checkpoint step {step}")
+        saved = _get_path(self.saved_tree(step), keys, f"checkpoint step {step}")
         saved_paths = {key_path_str(p): m for p, m in jax.tree_util.tree_leaves_with_path(saved)}
         want_paths = {key_path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(target)}
         missing = sorted(set(want_paths) - set(saved_paths))

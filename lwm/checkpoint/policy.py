@@ -12,13 +12,6 @@ STRICT_HELP = (
     "readable one (the fallback is reported in one line; nothing is deleted)"
 )
 
-strict_default = False  # what `Checkpointer(strict=None)` uses; the CLI sets it from --strict
-
 
 def add_strict_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
-
-
-def set_strict_default(strict: bool) -> None:
-    global strict_default
-    strict_default = bool(strict)

@@ -20,18 +20,17 @@ import time
 from lwm.inference.runtime import add_model_args, add_sampling_args
 from lwm.video.policy import add_allow_short_arg
 
+TEMPLATE_HELP = (
+    "'lwm': LWM's vision_chat prompt token for token (question BEFORE the video, "
+    "so the video cannot be shared across questions: it is encoded once but "
+    "prefilled again per question); default: lwm's cached layout (video first, "
+    "prefilled once for all questions); or a JSON file of template fields"
+)
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("chat", help="answer questions about a video or image")
-    add_model_args(p)
-    for action in p._actions:
-        if action.dest == "template":
-            action.help = (
-                "'lwm': LWM's vision_chat prompt token for token (question BEFORE the video, "
-                "so the video cannot be shared across questions: it is encoded once but "
-                "prefilled again per question); default: lwm's cached layout (video first, "
-                "prefilled once for all questions); or a JSON file of template fields"
-            )
+    add_model_args(p, template_help=TEMPLATE_HELP)
     p.add_argument("--vqgan", required=True, help="VQGAN checkpoint (lwm vqgan train)")
     p.add_argument("--video", required=True, help="video or image file")
     p.add_argument(
@@ -93,7 +92,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.encode_batch < 1:
         raise LwmError(f"--encode-batch must be >= 1, got {args.encode_batch}")
     # Cheap checks first: a text-only checkpoint fails before any weights are read.
-    check_vision_model(read_model_config(args.checkpoint), 0, where=str(args.checkpoint))
+    cfg = read_model_config(args.checkpoint, strict=args.strict)
+    check_vision_model(cfg, 0, where=str(args.checkpoint))
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
     vqgan = load_vqgan(args.vqgan)
     model, mesh = load_model_from_args(args)
@@ -103,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         vqgan,
         template=template,
         encode_batch=args.encode_batch,
+        allow_short=args.allow_short,
     )
     fps = args.fps if args.fps is not None or args.frames is not None else 1.0
     t0 = time.perf_counter()

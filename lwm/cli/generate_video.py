@@ -61,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
     )
     _ = config.sampling  # validates the sampling flags before anything is loaded
-    check_vision_model(read_model_config(args.checkpoint), 0, where=str(args.checkpoint))
+    cfg = read_model_config(args.checkpoint, strict=args.strict)
+    check_vision_model(cfg, 0, where=str(args.checkpoint))
     template = load_template(args)
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
     vqgan = load_vqgan(args.vqgan)

@@ -11,10 +11,8 @@ import importlib
 import importlib.util
 import sys
 
-from lwm.checkpoint.policy import set_strict_default
 from lwm.config import split_config_overrides
 from lwm.errors import LwmError
-from lwm.video.policy import set_allow_short_default
 
 # Modules listed here are registered if they exist; later issues add theirs.
 SUBCOMMAND_MODULES = (
@@ -58,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.config_overrides = overrides
-    set_strict_default(getattr(args, "strict", False))  # per invocation (in-process callers)
-    set_allow_short_default(getattr(args, "allow_short", False))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from lwm.inference.runtime import check_tokenizer_fits, load_tokenizer
     from lwm.models.io import read_model_config
 
-    cfg = read_model_config(existing_checkpoint(args.checkpoint))
+    cfg = read_model_config(existing_checkpoint(args.checkpoint), strict=args.strict)
     lengths = check_lengths(
         lengths,
         cfg.max_sequence_length,
@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         prefill_chunk=args.prefill_chunk,
         title=args.title,
         overwrite=args.overwrite,
+        strict=args.strict,
     )
     print(table)
     return 0

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from lwm.models.io import read_model_config
 
     lengths = sorted(parse_lengths(args.lengths))
-    cfg = read_model_config(existing_checkpoint(args.checkpoint))
+    cfg = read_model_config(existing_checkpoint(args.checkpoint), strict=args.strict)
     lengths = check_lengths(
         lengths,
         cfg.max_sequence_length,
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             windows=args.windows,
             mesh_spec=args.mesh,
             overwrite=args.overwrite,
+            strict=args.strict,
         )
     )
     return 0

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             with config.train.unlocked():
                 config.train.init_from = args.init_from
     try:
-        result = train(config, args.workdir, max_steps=args.max_steps)
+        result = train(config, args.workdir, max_steps=args.max_steps, strict=args.strict)
     except Exception as e:  # noqa: BLE001 - a dead peer: one line and out, no shutdown hang
         from lwm.training.peer_watchdog import exit_on_peer_failure
 

@@ -72,6 +72,7 @@ def _tokenize(args) -> int:
         batch_size=args.batch_size,
         eof_id=args.eof_id,
         eov_id=args.eov_id,
+        allow_short=args.allow_short,
     )
     print(
         f"wrote {len(report.written)} records to {args.out}"

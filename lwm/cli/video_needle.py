@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from lwm.cli.data import parse_lengths
     from lwm.errors import LwmError
     from lwm.evals.needle import parse_depths
-    from lwm.evals.video_needle import VideoNeedleSpec
+    from lwm.evals.video_needle_task import VideoNeedleSpec
 
     lengths = parse_lengths(args.lengths)
     depths = parse_depths(args.depths)
@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         warn=lambda m: print(f"lwm video-needle: warning: {m}", file=sys.stderr),
         title=args.title,
         overwrite=args.overwrite,
+        strict=args.strict,
+        allow_short=args.allow_short,
     )
     print(table)
     return 0

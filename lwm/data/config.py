@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import ml_collections
 
-from lwm.config import parse_section
+from lwm.config import config_section, parse_section
 from lwm.errors import ConfigError
 
 PackingMode = Literal["first_fit", "greedy", "pad"]
@@ -59,6 +59,8 @@ class DataConfig:
     eval_path: str = ""
     """A separate dataset (built by `lwm data build`) to evaluate on instead of `eval_fraction`;
     training then reads all of `path`."""
+    vision_fraction: float = 0.0
+    """`synthetic` source only: share of rows whose second document is made of vision codes."""
 
     def __post_init__(self):
         if self.packing not in ("first_fit", "greedy", "pad"):
@@ -81,6 +83,8 @@ class DataConfig:
             raise ConfigError(f"data.position_stretch must be >= 1, got {self.position_stretch}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not 0.0 <= self.vision_fraction <= 1.0:
+            raise ConfigError(f"data.vision_fraction must be in [0, 1], got {self.vision_fraction}")
         if self.eval_fraction and self.eval_path:
             raise ConfigError("set data.eval_fraction or data.eval_path, not both")
 
@@ -93,6 +97,15 @@ class DataConfig:
         return dataclasses.replace(self, **kw)
 
 
-def default_data_config() -> ml_collections.ConfigDict:
+def default_data_config(**fields: Any) -> ml_collections.ConfigDict:
     """The `config.data` section with every field at its default (for config files)."""
-    return ml_collections.ConfigDict(dataclasses.asdict(DataConfig()))
+    return config_section(DataConfig, "data", **fields)
+
+
+def run_data_config(section: Any) -> DataConfig:
+    """A training run's `config.data` section, parsed once: without a `source` the trainer
+    reads its synthetic source (older configs' `{source: synthetic, vision_fraction}` sections
+    included)."""
+    values = dict(section.to_dict() if hasattr(section, "to_dict") else (section or {}))
+    values.setdefault("source", "synthetic")
+    return DataConfig.from_dict(values)

@@ -115,7 +115,7 @@ def corpus_lines() -> list[str]:
     """Every text piece the video tasks put in a prompt or an answer: the template, each
     question, the needle labels and the caption sentences."""
     from lwm.evals.needle_images import COLOURS, DIGIT_WORDS
-    from lwm.evals.video_needle import CAPTION_QUESTIONS, CAPTION_WORDS, QUESTIONS
+    from lwm.evals.video_needle_task import CAPTION_QUESTIONS, CAPTION_WORDS, QUESTIONS
     from lwm.inference.prompts import DEFAULT_TEMPLATE as T
 
     lines = []
@@ -159,7 +159,7 @@ def train_demo_tokenizer(d: ml_collections.ConfigDict, paths: VideoDemoPaths):
 
 def needle_spec(d: ml_collections.ConfigDict, haystack: pathlib.Path, seed: int):
     """The video needle spec of the demo over a directory of frames (one PNG = one frame)."""
-    from lwm.evals.video_needle import VideoNeedleSpec
+    from lwm.evals.video_needle_task import VideoNeedleSpec
 
     return VideoNeedleSpec(
         haystack=(str(haystack),),
@@ -259,7 +259,8 @@ def prepare_video_data(
     (`tasks.jsonl`), then the tokenized dataset (each skipped when present)."""
     from lwm.data.builder import build_dataset
     from lwm.demo.data import write_records
-    from lwm.evals.video_needle import HaystackCodes, VideoNeedleEval
+    from lwm.evals.video_haystack import HaystackCodes
+    from lwm.evals.video_needle_prompt import VideoNeedleEval
     from lwm.video.config import VQGANConfig
     from lwm.video.vqgan import make_encode_fn
     from lwm.video.vqgan_checkpoint import load_vqgan

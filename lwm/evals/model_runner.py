@@ -28,14 +28,18 @@ def load_eval_model(
     *,
     mesh_spec: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    strict: bool = False,
 ):
-    """`(model, mesh)` for `checkpoint` (a model checkpoint or a training workdir)."""
+    """`(model, mesh)` for `checkpoint` (a model checkpoint or a training workdir); `strict`:
+    an unreadable newest step is an error instead of a fallback (`--strict`)."""
     from lwm.models.io import load_model, read_model_config
 
-    cfg = read_model_config(existing_checkpoint(checkpoint))
+    cfg = read_model_config(existing_checkpoint(checkpoint), strict=strict)
     backend = (overrides or {}).get("attention", {}).get("backend", cfg.attention.backend)
     mesh = eval_mesh(mesh_spec, backend)
-    model = load_model(existing_checkpoint(checkpoint), mesh=mesh, overrides=overrides)
+    model = load_model(
+        existing_checkpoint(checkpoint), mesh=mesh, overrides=overrides, strict=strict
+    )
     return model, mesh
 
 

@@ -53,7 +53,7 @@ def segment_nll_fn(model) -> Callable[[np.ndarray, int], np.ndarray]:
 
     @jax.jit
     def nll_of(state, tokens_bt, target_bt):
-        logits = nnx.merge(graphdef, state)(tokens_bt)  # [1, L, V]
+        logits = nnx.merge(graphdef, state)(tokens_bt).logits  # [1, L, V]
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         return -jnp.take_along_axis(logp, target_bt[..., None], axis=-1)[..., 0]
 

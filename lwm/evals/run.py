@@ -27,8 +27,10 @@ def evaluate_needles(
     model_loader=None,
     answerer=None,
     overwrite: bool = False,
+    strict: bool = False,
 ) -> str:
     """Runs (or resumes) the eval and writes heatmap.png and summary.json; returns the table.
+    `strict`: the checkpoint's newest step must be readable (`--strict`).
     `model_loader() -> (model, mesh)` replaces loading `checkpoint`; `answerer` (as from
     `lazy_answerer`) replaces both, so several evals can share one sampler and its compiles."""
     from lwm.evals.model_runner import load_eval_model
@@ -37,7 +39,8 @@ def evaluate_needles(
 
     answer = (
         lazy_answerer(
-            model_loader or (lambda: load_eval_model(checkpoint, mesh_spec=mesh_spec)),
+            model_loader
+            or (lambda: load_eval_model(checkpoint, mesh_spec=mesh_spec, strict=strict)),
             eos_id=tokenizer.eos_id,
             prefill_chunk=prefill_chunk,
         )
@@ -105,11 +108,13 @@ def evaluate_perplexity(
     mesh_spec: str | None = None,
     model=None,
     overwrite: bool = False,
+    strict: bool = False,
 ) -> str:
     """Perplexity of the last `segment` tokens at each context length; writes perplexity.png and
     perplexity.json (strict JSON: a non-finite value is null) to `out_dir`; returns a text table.
     `out_dir` follows the output-directory rule (`claim_output_dir`): the same run is read back,
-    another is refused unless `overwrite`; the files are written only once all is computed."""
+    another is refused unless `overwrite`; the files are written only once all is computed.
+    `strict`: the checkpoint's newest step must be readable (`--strict`)."""
     from lwm.evals.model_runner import load_eval_model
     from lwm.evals.perplexity import context_perplexity, plot_perplexity, segment_nll_fn
     from lwm.evals.results import claim_output_dir
@@ -140,7 +145,7 @@ def evaluate_perplexity(
             return _perplexity_table(json.loads((out / "perplexity.json").read_text()))
     tokens = tokenizer.encode(text, bos=True)
     if model is None:
-        model, _ = load_eval_model(checkpoint, mesh_spec=mesh_spec)
+        model, _ = load_eval_model(checkpoint, mesh_spec=mesh_spec, strict=strict)
     points = context_perplexity(
         segment_nll_fn(model), tokens, lengths, segment=segment, windows=windows, progress=True
     )

@@ -26,6 +26,10 @@ Semantics:
   `max_sequence_length` (else an error, or the length is skipped with `skip_too_long`).
 - Results: `results.jsonl` (one record per sample, keyed by length/depth/sample, resumed on rerun,
   refused under a different spec), `heatmap.png` and `summary.json` as the text needle eval.
+
+This module runs and scores the grid and writes the report; the samples are built in
+`video_needle_task` (spec, placement, question), their codes in `video_haystack` (`HaystackCodes`)
+and their prompts in `video_needle_prompt` (`VideoNeedleEval`).
 """
 
 from __future__ import annotations
@@ -35,17 +39,9 @@ import os
 import pathlib
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from lwm.errors import LwmError
-from lwm.evals.needle import Job, grid_jobs, padded_batches, sample_seed
-from lwm.evals.needle_images import (
-    NEEDLE_KINDS,
-    Needle,
-    answer_matches,
-    make_needle,
-    num_choices,
-)
+from lwm.evals.needle import grid_jobs, padded_batches
+from lwm.evals.needle_images import answer_matches
 from lwm.evals.results import (
     RESULTS_FILE,
     grid_identity,
@@ -53,313 +49,14 @@ from lwm.evals.results import (
     open_results_dir,
     undo_new_dir_on_error,
 )
-from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate, question_suffix, video_prefix
+from lwm.evals.video_haystack import HaystackCodes, check_haystack
+from lwm.evals.video_needle_prompt import VideoNeedleEval, VideoPrompt
+from lwm.evals.video_needle_task import VideoNeedleSpec, VideoNeedleTask
+from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from lwm.io import write_json
-
-CAPTION_WORDS = (
-    "apple",
-    "river",
-    "candle",
-    "tiger",
-    "violin",
-    "marble",
-    "rocket",
-    "forest",
-    "lemon",
-    "anchor",
-)
-CAPTION_DISTRACTORS = 3
-QUESTIONS = {
-    "colour": "What colour is the square that appears in the video? Answer with one word.",
-    "digit": "What number is shown in the video? Answer with one number.",
-}
-CAPTION_QUESTIONS = {
-    "colour": "Which word does the square shown in the video stand for?",
-    "digit": "Which word does the number shown in the video stand for?",
-}
 
 VideoAnswerFn = Callable[..., list[list[int]]]
 """`(prompts, max_new_tokens, vision_masks=masks) -> generated ids per prompt` (greedy)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoNeedleSpec:
-    """What a task is made of; results are only resumed under the same spec."""
-
-    haystack: tuple[str, ...]
-    """Video/image files and directories (scanned recursively) whose frames form the haystack."""
-    fps: float | None = None
-    """Frames per second read from each clip (None: 1 unless `clip_frames` is given; a rate above
-    the clip's own reads every frame once)."""
-    clip_frames: int | None = None
-    """Frames evenly spaced over each clip, instead of `fps`."""
-    max_frames: int | None = None
-    """Stop reading clips once the pool holds this many frames (None: every clip once)."""
-    needle: str = "colour"
-    """Needle kind: `colour` (a coloured square) or `digit` (a digit 0-9)."""
-    needle_frames: int = 1
-    """Consecutive frames showing the needle."""
-    caption: bool = False
-    """Caption mode: ask for the word the needle stands for, stated in text after the video."""
-    seed: int = 0
-    """Base seed; each sample's seed derives from it, its length, depth and index."""
-
-    def __post_init__(self):
-        object.__setattr__(self, "haystack", tuple(str(h) for h in self.haystack))
-        if not self.haystack:
-            raise LwmError("the video haystack needs at least one video file or directory")
-        if self.fps is not None and self.clip_frames is not None:
-            raise LwmError("choose at most one of fps and clip_frames for the haystack clips")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise LwmError(f"max_frames must be >= 1, got {self.max_frames}")
-        if self.needle not in NEEDLE_KINDS:
-            raise LwmError(f"needle kind {self.needle!r}: expected one of {list(NEEDLE_KINDS)}")
-        if self.needle_frames < 1:
-            raise LwmError(f"needle frames must be >= 1, got {self.needle_frames}")
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoNeedleTask:
-    """One sample: where the needle goes, which needle, and what is asked."""
-
-    job: Job
-    seed: int
-    needle: Needle
-    needle_frame: int
-    """Index of the first needle frame in the assembled video."""
-    offset: int
-    """Start of the sample's haystack in the pool (taken modulo the pool size)."""
-    question: str
-    expected: str
-    accepted: tuple[str, ...]
-
-    @property
-    def n_frames(self) -> int:
-        return self.job.length
-
-
-def needle_frame_index(n_frames: int, needle_frames: int, depth: float) -> int:
-    """First needle frame for `depth` in [0, 1]: the haystack position nearest the depth."""
-    hay = n_frames - needle_frames
-    if hay < 1:
-        raise LwmError(
-            f"a video of {n_frames} frames has no room for haystack around {needle_frames} "
-            "needle frames (use longer lengths or fewer needle frames)"
-        )
-    return int(np.floor(depth * hay + 0.5))
-
-
-def frame_order(task: VideoNeedleTask, needle_frames: int, pool_size: int) -> np.ndarray:
-    """Per frame of the sample's video: its haystack pool index, or -1 for a needle frame."""
-    hay = (task.offset + np.arange(task.n_frames - needle_frames)) % pool_size
-    k = task.needle_frame
-    return np.concatenate([hay[:k], np.full(needle_frames, -1), hay[k:]])
-
-
-def make_task(spec: VideoNeedleSpec, job: Job, resolution: int) -> VideoNeedleTask:
-    """The sample of `job`, fully determined by the spec's seed and the job."""
-    seed = sample_seed(spec, job)
-    rng = np.random.default_rng(seed)
-    n = num_choices(spec.needle)
-    choice = int(rng.integers(n))
-    needle = make_needle(spec.needle, choice, resolution)
-    offset = int(rng.integers(2**31))
-    k = needle_frame_index(job.length, spec.needle_frames, job.depth)
-    if not spec.caption:
-        question, expected, accepted = QUESTIONS[spec.needle], needle.label, needle.accepted
-    else:
-        words = rng.permutation(CAPTION_WORDS)[:n].tolist()
-        others = [c for c in range(n) if c != choice]
-        shown = [choice, *rng.choice(others, min(CAPTION_DISTRACTORS, len(others)), False)]
-        rng.shuffle(shown)
-        captions = [
-            f"{_capitalize(make_needle(spec.needle, int(c), 8).noun)} stands for the word "
-            f"'{words[int(c)]}'."
-            for c in shown
-        ]
-        expected = words[choice]
-        question = " ".join(captions) + " " + CAPTION_QUESTIONS[spec.needle]
-        accepted = (expected,)
-    return VideoNeedleTask(job, seed, needle, k, offset, question, expected, tuple(accepted))
-
-
-def _capitalize(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-class HaystackCodes:
-    """VQGAN codes of the haystack pool and of each needle image, each encoded once.
-
-    `encode_fn`: uint8 `[B, r, r, 3]` -> codes `[B, h, w]` (e.g. `make_encode_fn(vqgan)`), always
-    called with `batch_size` frames (the last batch padded) so one compile serves everything. The
-    pool is read on first use, so a finished eval resumes without touching the videos.
-    """
-
-    def __init__(
-        self,
-        encode_fn: Callable[[np.ndarray], np.ndarray],
-        spec: VideoNeedleSpec,
-        *,
-        resolution: int,
-        eof_id: int,
-        eov_id: int,
-        batch_size: int = 16,
-    ):
-        if batch_size < 1:
-            raise LwmError(f"encode batch must be >= 1, got {batch_size}")
-        self.encode_fn = encode_fn
-        self.spec = spec
-        self.resolution = resolution
-        self.eof_id, self.eov_id = eof_id, eov_id
-        self.batch_size = batch_size
-        self._pool: np.ndarray | None = None
-        self._needles: dict[str, np.ndarray] = {}
-        self.sources: list[tuple[str, int]] = []
-        """(file, frames taken) of each clip read into the pool."""
-
-    @property
-    def pool(self) -> np.ndarray:
-        """int32 `[P, h*w]` codes of the haystack frames, in source order."""
-        if self._pool is None:
-            self._pool = self._read_pool()
-        return self._pool
-
-    def _read_pool(self) -> np.ndarray:
-        from lwm.video.tokenize import expand_inputs, tokenize_video
-
-        spec = self.spec
-        chunks: list[np.ndarray] = []
-        total = 0
-        for path in expand_inputs(spec.haystack):
-            video = tokenize_video(
-                self.encode_fn,
-                path,
-                resolution=self.resolution,
-                frames=spec.clip_frames,
-                fps=spec.fps if spec.fps is not None or spec.clip_frames else 1.0,
-                batch_size=self.batch_size,
-                eof_id=self.eof_id,
-                eov_id=self.eov_id,
-            )
-            codes = video.tokens.reshape(video.n_frames, -1)[:, :-1]  # drop the separators
-            if spec.max_frames is not None:
-                codes = codes[: spec.max_frames - total]
-            chunks.append(codes)
-            self.sources.append((str(path), len(codes)))
-            total += len(codes)
-            if spec.max_frames is not None and total >= spec.max_frames:
-                break
-        return np.concatenate(chunks, axis=0)
-
-    def needle_codes(self, needle: Needle) -> np.ndarray:
-        """int32 `[h*w]` codes of a needle image (encoded on first use)."""
-        if needle.label not in self._needles:
-            batch = np.zeros((self.batch_size, *needle.image.shape), np.uint8)
-            batch[0] = needle.image
-            codes = np.asarray(self.encode_fn(batch))[0]
-            self._needles[needle.label] = codes.reshape(-1).astype(np.int32)
-        return self._needles[needle.label]
-
-    def video_codes(self, task: VideoNeedleTask) -> np.ndarray:
-        """int32 `[frames, h*w]` codes of the sample's assembled video."""
-        order = frame_order(task, self.spec.needle_frames, len(self.pool))
-        codes = self.pool[np.maximum(order, 0)]
-        codes[order < 0] = self.needle_codes(task.needle)
-        return codes
-
-
-@dataclasses.dataclass
-class VideoPrompt:
-    tokens: list[int]
-    vision_mask: list[bool]
-    needle_token_offset: int
-    """Index in `tokens` of the needle's first code."""
-    vision_tokens: int
-
-
-class VideoNeedleEval:
-    """Builds the samples and prompts of a spec for one tokenizer, template and VQGAN geometry."""
-
-    def __init__(
-        self,
-        spec: VideoNeedleSpec,
-        tokenizer,
-        *,
-        resolution: int,
-        tokens_per_frame: int,
-        template: PromptTemplate = DEFAULT_TEMPLATE,
-    ):
-        self.spec = spec
-        self.tokenizer = tokenizer
-        self.resolution = resolution
-        self.tokens_per_frame = tokens_per_frame
-        self.template = template
-        self._text_tokens = len(video_prefix(tokenizer, template, [])[0])
-        self._head_tokens = video_prefix(tokenizer, template, [0])[1].index(True)
-
-    def task(self, job: Job) -> VideoNeedleTask:
-        return make_task(self.spec, job, self.resolution)
-
-    def prompt_tokens(self, task: VideoNeedleTask) -> int:
-        """Tokens of the sample's whole prompt (video, template text and question)."""
-        suffix = question_suffix(self.tokenizer, self.template, task.question)
-        vision = task.n_frames * (self.tokens_per_frame + 1)
-        return self._text_tokens + vision + len(suffix)
-
-    def tokens_per_length(
-        self, lengths: Sequence[int], depths: Sequence[float], samples: int
-    ) -> dict[int, int]:
-        """The longest prompt (tokens) of each length over the grid's samples."""
-        out: dict[int, int] = {}
-        for job in grid_jobs(lengths, depths, samples):
-            n = self.prompt_tokens(self.task(job))
-            out[job.length] = max(out.get(job.length, 0), n)
-        return out
-
-    def check_lengths(
-        self,
-        lengths: Sequence[int],
-        depths: Sequence[float],
-        samples: int,
-        max_len: int,
-        *,
-        skip_too_long: bool,
-        warn: Callable[[str], None],
-    ) -> list[int]:
-        """Lengths (frames) whose prompts fit `max_len` tokens; longer ones are an error, or
-        skipped with a warning."""
-        short = [n for n in lengths if n <= self.spec.needle_frames]
-        if short:
-            raise LwmError(
-                f"length {short[0]} frames leaves no haystack around {self.spec.needle_frames} "
-                "needle frames"
-            )
-        tokens = self.tokens_per_length(lengths, depths, samples)
-        kept = []
-        for n in lengths:
-            if tokens[n] <= max_len:
-                kept.append(n)
-                continue
-            msg = (
-                f"length {n} frames makes prompts of {tokens[n]} tokens, beyond the checkpoint's "
-                f"max_sequence_length {max_len}"
-            )
-            if not skip_too_long:
-                raise LwmError(f"{msg} (drop it, or pass --skip-too-long)")
-            warn(f"skipping {msg}")
-        if not kept:
-            raise LwmError(f"no length fits the checkpoint's max_sequence_length {max_len}")
-        return kept
-
-    def prompt(self, task: VideoNeedleTask, codes: HaystackCodes) -> VideoPrompt:
-        """The sample's prompt tokens and vision mask, assembled from cached codes."""
-        from lwm.video.tokenize import layout_tokens
-
-        vision = layout_tokens(codes.video_codes(task), codes.eof_id, codes.eov_id).tolist()
-        tokens, mask = video_prefix(self.tokenizer, self.template, vision)
-        suffix = question_suffix(self.tokenizer, self.template, task.question)
-        offset = self._head_tokens + task.needle_frame * (self.tokens_per_frame + 1)
-        return VideoPrompt(tokens + suffix, mask + [False] * len(suffix), offset, len(vision))
 
 
 def run_video_needle_eval(
@@ -454,18 +151,6 @@ def _record(
     }
 
 
-def check_haystack(spec: VideoNeedleSpec) -> list[pathlib.Path]:
-    """The haystack's files, each opened once so a missing or unreadable video fails early
-    (with the video reader's error) rather than after the model is loaded."""
-    from lwm.video.reader import probe
-    from lwm.video.tokenize import expand_inputs
-
-    files = expand_inputs(spec.haystack)
-    for path in files:
-        probe(path)
-    return files
-
-
 def evaluate_video_needles(
     checkpoint: str,
     vqgan_checkpoint: str,
@@ -487,10 +172,14 @@ def evaluate_video_needles(
     title: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    strict: bool = False,
+    allow_short: bool = False,
 ) -> str:
     """Runs (or resumes) the eval of a checkpoint; writes heatmap.png and summary.json to
     `out_dir` and returns the text table. Every input is checked before the model is loaded
-    (loaded lazily, so a finished eval goes straight to the report)."""
+    (loaded lazily, so a finished eval goes straight to the report). `strict`: the checkpoint's
+    newest step must be readable (`--strict`); `allow_short`: accept truncated haystack videos
+    (`--allow-short`)."""
     from lwm.evals.model_runner import existing_checkpoint, load_eval_model
     from lwm.evals.run import lazy_answerer
     from lwm.inference.video_qa import check_vision_model
@@ -498,7 +187,7 @@ def evaluate_video_needles(
     from lwm.video.vqgan import make_encode_fn
     from lwm.video.vqgan_checkpoint import load_vqgan
 
-    cfg = read_model_config(existing_checkpoint(checkpoint))
+    cfg = read_model_config(existing_checkpoint(checkpoint), strict=strict)
     check_vision_model(cfg, 0, where=str(checkpoint))
     check_haystack(spec)
     vqgan = load_vqgan(vqgan_checkpoint)
@@ -520,9 +209,10 @@ def evaluate_video_needles(
         eof_id=cfg.vision_eof_id,
         eov_id=cfg.vision_eov_id,
         batch_size=encode_batch,
+        allow_short=allow_short,
     )
     answer = lazy_answerer(
-        lambda: load_eval_model(checkpoint, mesh_spec=mesh_spec),
+        lambda: load_eval_model(checkpoint, mesh_spec=mesh_spec, strict=strict),
         eos_id=tokenizer.eos_id,
         prefill_chunk=prefill_chunk,
     )

@@ -126,8 +126,8 @@ def plan_inference(
     """Compiles the sampler's prefill chunk and decode step for a `seq_len`-slot cache."""
     from flax import nnx
 
+    from lwm.cache.kv_cache import bucket, cache_specs
     from lwm.errors import LwmError
-    from lwm.inference.kv_cache import KVCache, bucket, cache_shardings
     from lwm.inference.sampler import DecodeMode, Sampler
     from lwm.inference.sampling import GREEDY
     from lwm.models.transformer import Transformer, param_shardings
@@ -148,24 +148,15 @@ def plan_inference(
     )
     sp = sampler.sp
     capacity = bucket(seq_len, cache_block * sp)
-    chunk = sampler._chunk_len(seq_len)
-    dt = to_dtype(cfg.dtype)
-    shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim)
-    kv_sh, valid_sh, pos_sh = cache_shardings(shape, mesh)
-    layer = jax.ShapeDtypeStruct(shape, dt, sharding=kv_sh)
-    cache = KVCache(
-        tuple(layer for _ in range(cfg.num_layers)),
-        tuple(layer for _ in range(cfg.num_layers)),
-        jax.ShapeDtypeStruct((batch, capacity), jnp.int32, sharding=valid_sh),
-        jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=pos_sh),
-    )
+    chunk = sampler.chunk_len(seq_len)
+    cache = cache_specs(cfg, batch, capacity, mesh)
 
     def arr(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype)
 
     i32 = jnp.int32
     prefill = _program(
-        sampler._chunk_fn,
+        sampler.prefill_fn,
         state,
         cache,
         arr((batch, chunk), i32),
@@ -176,7 +167,7 @@ def plan_inference(
     )
     steps = 8
     decode = _program(
-        sampler._step_fn(DecodeMode(), GREEDY),
+        sampler.step_fn(DecodeMode(), GREEDY),
         state,
         cache,
         arr((batch,), i32),
@@ -197,8 +188,8 @@ def plan_inference(
         devices=int(mesh.size),
         params=sum(int(np.prod(x.shape)) for x in leaves),
         weights=sum(_device_bytes(x) for x in leaves),
-        kv_cache=sum(_device_bytes(x) for x in (*cache.ks, *cache.vs)),
-        cache_other=_device_bytes(cache.valid) + _device_bytes(cache.next_pos),
+        kv_cache=sum(_device_bytes(x) for x in cache.layer_arrays()),
+        cache_other=sum(_device_bytes(x) for x in cache.row_arrays()),
         prefill=prefill,
         decode=decode,
         memory_per_device=memory_per_device,

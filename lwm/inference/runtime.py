@@ -13,7 +13,9 @@ from lwm.errors import LwmError
 TOKENIZER_FILENAMES = ("tokenizer.model",)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, template_help: str | None = None) -> None:
+    """The model, tokenizer, mesh and prompt-template flags shared by the inference commands;
+    `template_help` replaces the generic help of `--template` (chat's describes its layouts)."""
     p.add_argument("--checkpoint", required=True, help="lwm model checkpoint or training workdir")
     p.add_argument(
         "--tokenizer",
@@ -36,7 +38,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--template",
         default=None,
-        help="'lwm' (lwm chat: LWM's vision_chat prompt token for token; other commands keep "
+        help=template_help
+        or "'lwm' (lwm chat: LWM's vision_chat prompt token for token; other commands keep "
         "the default pieces) or a JSON file overriding prompt template fields",
     )
     p.add_argument("--system", default=None, help="system sentence of the prompt template")
@@ -87,7 +90,7 @@ def model_overrides(args: argparse.Namespace) -> dict:
     bad = [o for o in overrides if not o.startswith("model.")]
     if bad:
         raise LwmError(f"--config.{bad[0]}: only --config.model.* overrides apply to a checkpoint")
-    stored = read_model_config(args.checkpoint).to_dict()
+    stored = read_model_config(args.checkpoint, strict=args.strict).to_dict()
     tree = ml_collections.ConfigDict({"model": stored})
     apply_overrides(tree, overrides)
     new = ModelConfig.from_dict(tree.model).to_dict()
@@ -99,7 +102,8 @@ def load_model_from_args(args: argparse.Namespace):
     from lwm.models.io import load_model
 
     mesh = parse_mesh(args.mesh)
-    return load_model(args.checkpoint, mesh=mesh, overrides=model_overrides(args) or None), mesh
+    overrides = model_overrides(args) or None
+    return load_model(args.checkpoint, mesh=mesh, overrides=overrides, strict=args.strict), mesh
 
 
 def load_tokenizer(path: str | None, checkpoint: str):

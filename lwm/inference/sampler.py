@@ -26,9 +26,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lwm.attention.cached import CacheSlots, check_cache
+from lwm.attention.cached import check_cache
+from lwm.cache.kv_cache import KVCache, bucket, grow, init_cache, repeat_rows
+from lwm.cache.slots import CacheSlots
 from lwm.errors import LwmError
-from lwm.inference.kv_cache import KVCache, bucket, grow, init_cache, repeat_rows
 from lwm.inference.sampling import GREEDY, SamplingConfig, sample_logits
 from lwm.models.transformer import Transformer
 
@@ -119,16 +120,19 @@ class Sampler:
         slots = CacheSlots.for_chunk(
             cache.valid, valid, start, mesh=self.mesh, key_block=self.cache_block
         )
-        hidden_btd, layers = self._model(state).hidden_states(
+        hidden_btd, cache = self._model(state).hidden_states(
             tokens,
             positions_bt=positions,
             vision_mask_bt=vision if self.config.has_vision else None,
-            cache=cache.layers(slots),
+            cache=cache,
+            cache_slots=slots,
         )
-        return cache.advance(layers, slots, positions), hidden_btd[:, -1]
+        return cache, hidden_btd[:, -1]
 
     @functools.cached_property
-    def _chunk_fn(self):
+    def prefill_fn(self):
+        """The jitted prefill chunk `(state, cache, tokens, positions, valid, vision, start) ->
+        (cache, last hidden [B, D])`, the cache donated (`lwm plan --inference` compiles it)."""
         return jax.jit(self._forward, donate_argnums=(1,))
 
     def _head(self, state, hidden_bd, key, forced_b, scale, mode: DecodeMode, sampling):
@@ -153,7 +157,10 @@ class Sampler:
         return jax.jit(functools.partial(self._head, mode=mode, sampling=sampling))
 
     @functools.cache  # noqa: B019 - one compiled step per (mode, sampling)
-    def _step_fn(self, mode: DecodeMode, sampling: SamplingConfig):
+    def step_fn(self, mode: DecodeMode, sampling: SamplingConfig):
+        """The jitted decode step `(state, cache, token, vision, first_slot, i, key, forced,
+        scales) -> (cache, logits, next token)`, the cache donated."""
+
         def step(state, cache, token_b, vision_b, first_slot, i, key, forced_sb, scales_s):
             # Step i feeds token i - 1 at slot first_slot + i - 1; per-step inputs are indexed
             # on device so the host sends one scalar per step.
@@ -181,9 +188,10 @@ class Sampler:
             return self.max_cache_len
         return bucket(needed, self.cache_block * self.sp)
 
-    def _chunk_len(self, longest: int) -> int:
+    def chunk_len(self, longest: int) -> int:
+        """The prefill chunk for prompts of up to `longest` tokens."""
         chunk = min(self.prefill_chunk, _next_pow2(max(longest, 16)))
-        ffn = self.config.attention.ffn_chunk_size
+        ffn = self.config.ffn_chunk_size
         if ffn and chunk > ffn and chunk % (ffn * self.sp):
             chunk = ffn  # the blockwise FFN needs chunk % (sp x ffn_chunk_size) == 0
         return chunk
@@ -217,7 +225,7 @@ class Sampler:
         hidden = None
         for c in range(0, width, chunk):
             sl = slice(c, c + chunk)
-            cache, hidden = self._chunk_fn(
+            cache, hidden = self.prefill_fn(
                 self.state,
                 cache,
                 jnp.asarray(tokens[:, sl]),
@@ -263,7 +271,7 @@ class Sampler:
                 f"vision_mask has {len(vision_mask)} entries for {len(tokens)} prefix tokens"
             )
         self._check_length(len(tokens))
-        chunk = self._chunk_len(len(tokens))
+        chunk = self.chunk_len(len(tokens))
         width = -(-len(tokens) // chunk) * chunk
         needed = width if self.max_cache_len is not None else width + reserve
         cache = init_cache(self.config, 1, self._capacity(needed), self.mesh)
@@ -296,7 +304,7 @@ class Sampler:
         """
         b = cache.batch
         head = self._head_fn(mode, sampling)
-        step_fn = self._step_fn(mode, sampling)
+        step_fn = self.step_fn(mode, sampling)
         key = jax.random.key(seed)
         forced = np.full((steps, b), -1, np.int32) if forced is None else forced
         scales = np.ones((steps,), np.float32) if scales is None else scales
@@ -371,7 +379,7 @@ class Sampler:
             prompts = self._truncate(prompts, max_new_tokens)
         for p in prompts:
             self._check_length(len(p))
-        chunk = self._chunk_len(max(len(p) for p in prompts))
+        chunk = self.chunk_len(max(len(p) for p in prompts))
         width = -(-max(len(p) for p in prompts) // chunk) * chunk
         cache = init_cache(
             self.config, len(prompts), self._capacity(width + max_new_tokens), self.mesh
@@ -439,7 +447,7 @@ class Sampler:
             return cache, prefix.length, prefix.hidden
         if min(len(s) for s in suffixes) == 0:
             raise LwmError("empty suffixes cannot be batched with others")
-        chunk = self._chunk_len(longest)
+        chunk = self.chunk_len(longest)
         width = -(-longest // chunk) * chunk
         cache = repeat_rows(prefix.cache, len(suffixes), self.mesh)
         cache = grow(cache, self._capacity(prefix.length + width + max_new_tokens), self.mesh)

@@ -73,6 +73,7 @@ class VideoQA:
         *,
         template: PromptTemplate = DEFAULT_TEMPLATE,
         encode_batch: int = 16,
+        allow_short: bool = False,
         encode_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         from lwm.video.vqgan import make_encode_fn
@@ -82,6 +83,7 @@ class VideoQA:
         self.vqgan = vqgan
         self.template = template
         self.encode_batch = encode_batch
+        self.allow_short = allow_short  # a truncated video: warn and repeat its last frame
         cfg = sampler.config
         check_vision_model(cfg, vqgan.cfg.codebook_size)
         raw_encode = encode_fn or make_encode_fn(vqgan)
@@ -121,6 +123,7 @@ class VideoQA:
             eof_id=cfg.vision_eof_id,
             eov_id=cfg.vision_eov_id,
             lwm_pick=self.template.layout == "lwm",
+            allow_short=self.allow_short,
         )
         self.encoded_videos += 1
         self.encoded_frames += video.n_frames

@@ -1,13 +1,43 @@
-"""HF `LlamaConfig` (config.json) <-> lwm `ModelConfig`; refuses what lwm cannot represent."""
+"""HF config.json <-> lwm `ModelConfig`, through one table of model families; refuses what lwm
+cannot represent.
+
+A family (`HfFamily`, keyed by HF `model_type`) says which `architectures` it covers, how its
+config.json reads into a `ModelConfig` and how a `ModelConfig` it can represent is written back.
+Weight names follow from the `ModelConfig` (`lwm.interop.hf_weights`: q/k/v bias tensors when
+`attention_bias`). Only LLaMA is registered; a family whose forward is LLaMA's with q/k/v biases
+or a RoPE scaling (Qwen2, Llama-3) is one more entry mapping those fields.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from lwm.errors import LwmError
 from lwm.models.config import ModelConfig
 
-_SUPPORTED_ARCHS = {"LlamaForCausalLM"}
+
+@dataclasses.dataclass(frozen=True)
+class HfFamily:
+    """One transformers model family that lwm reads and writes."""
+
+    description: str
+    """How refusals name it: `a LLaMA LlamaForCausalLM`."""
+    architectures: tuple[str, ...]
+    """HF `architectures` it covers; the first is written (and assumed when a file has none)."""
+    from_hf: Callable[[dict[str, Any]], ModelConfig]
+    """config.json dict -> ModelConfig (one-line LwmErrors for fields it cannot represent)."""
+    to_hf: Callable[[ModelConfig, str], dict[str, Any]]
+    """(ModelConfig, torch dtype) -> config.json dict."""
+    writes: Callable[[ModelConfig], bool]
+    """Whether `to_hf` can represent this ModelConfig."""
+
+
+HF_FAMILIES: dict[str, HfFamily] = {}
+"""Registered families by HF `model_type`."""
+DEFAULT_MODEL_TYPE = "llama"
+"""Assumed when a config.json names no `model_type`."""
 
 
 def _rope_theta(hf: dict[str, Any]) -> float:
@@ -31,14 +61,40 @@ def _rope_theta(hf: dict[str, Any]) -> float:
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    """Maps a HF LLaMA config dict to ModelConfig; raises LwmError naming what is unsupported."""
-    archs = hf.get("architectures") or ["LlamaForCausalLM"]
-    if hf.get("model_type", "llama") != "llama" or not set(archs) & _SUPPORTED_ARCHS:
+def hf_family(hf: dict[str, Any]) -> HfFamily:
+    """The registered family of a config.json dict, or a one-line LwmError."""
+    family = HF_FAMILIES.get(hf.get("model_type", DEFAULT_MODEL_TYPE))
+    default = (family or HF_FAMILIES[DEFAULT_MODEL_TYPE]).architectures[:1]
+    archs = hf.get("architectures") or list(default)
+    if family is None or not set(archs) & set(family.architectures):
+        expected = " or ".join(f.description for f in HF_FAMILIES.values())
         raise LwmError(
             f"unsupported model: model_type={hf.get('model_type')!r} architectures={archs} "
-            "(expected a LLaMA LlamaForCausalLM)"
+            f"(expected {expected})"
         )
+    return family
+
+
+def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """Maps a HF config dict to ModelConfig through its family; raises LwmError naming what is
+    unsupported."""
+    return hf_family(hf).from_hf(hf)
+
+
+def model_config_to_hf(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dict[str, Any]:
+    """A config.json dict that transformers loads, written by the first family that can
+    represent `cfg`."""
+    for family in HF_FAMILIES.values():
+        if family.writes(cfg):
+            return family.to_hf(cfg, torch_dtype)
+    raise LwmError(
+        f"no HF model family represents this model (attention_bias={cfg.attention_bias}, "
+        f"rope_scaling={cfg.rope_scaling})"
+    )
+
+
+def llama_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """A HF LLaMA config dict as ModelConfig; raises LwmError naming what is unsupported."""
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
             raise LwmError(f"unsupported config: {flag}=true (lwm's LLaMA has no biases)")
@@ -76,7 +132,13 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     )
 
 
-def model_config_to_hf(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dict[str, Any]:
+def llama_writes(cfg: ModelConfig) -> bool:
+    """LLaMA has no q/k/v biases, and lwm writes only plain RoPE into its config."""
+    plain_rope = cfg.rope_scaling is None or cfg.rope_scaling.kind == "default"
+    return not cfg.attention_bias and plain_rope
+
+
+def llama_config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict[str, Any]:
     """A config.json dict that transformers' LlamaForCausalLM loads. A vision model becomes one
     vocabulary of text ids then vision ids (`vision_sidecar`), with an untied lm_head."""
     return {
@@ -105,6 +167,14 @@ def model_config_to_hf(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dic
         "dtype": torch_dtype,
     }
 
+
+HF_FAMILIES["llama"] = HfFamily(
+    description="a LLaMA LlamaForCausalLM",
+    architectures=("LlamaForCausalLM",),
+    from_hf=llama_config_from_hf,
+    to_hf=llama_config_to_hf,
+    writes=llama_writes,
+)
 
 VISION_SIDECAR = "lwm_vision.json"
 """File next to config.json describing the combined text ++ vision vocabulary."""

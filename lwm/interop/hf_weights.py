@@ -5,6 +5,7 @@ HF stores linear weights as `[out, in]`; lwm stores `[in, ...]` with heads split
   o_proj [D, N*H] -> wo [N, H, D]
   gate/up_proj [F, D] -> w_gate/w_up [D, F];  down_proj [D, F] -> w_down [F, D]
   embed_tokens [V, D] -> embed.text;  lm_head [V, D] -> lm_head [D, V]
+  q/k/v_proj.bias [N*H] / [K*H] -> bq [N, H], bk/bv [K, H]  (only with `attention_bias`: Qwen2)
 Both use the rotate-half RoPE layout, so no q/k column permutation is needed. A vision model
 exports as one vocabulary, text ids then vision ids: embed_tokens = embed.text ++ embed.vision,
 lm_head = text head ++ vision_head (both [V + Vv, D]).
@@ -37,6 +38,8 @@ def hf_tensor_names(cfg: ModelConfig) -> list[str]:
             p + "mlp.up_proj.weight",
             p + "mlp.down_proj.weight",
         ]
+        if cfg.attention_bias:
+            names += [p + f"self_attn.{x}_proj.bias" for x in "qkv"]
     return names
 
 
@@ -62,6 +65,13 @@ def params_from_hf(get: Callable[[str], np.ndarray], cfg: ModelConfig, *, dtype=
 
     def layer(i: int) -> dict:
         p = f"model.layers.{i}."
+        attn_bias = {}
+        if cfg.attention_bias:
+            attn_bias = {
+                "bq": load(p + "self_attn.q_proj.bias", (n * h,)).reshape(n, h),
+                "bk": load(p + "self_attn.k_proj.bias", (k * h,)).reshape(k, h),
+                "bv": load(p + "self_attn.v_proj.bias", (k * h,)).reshape(k, h),
+            }
         return {
             "attn_norm": {"scale": load(p + "input_layernorm.weight", (d,))},
             "mlp_norm": {"scale": load(p + "post_attention_layernorm.weight", (d,))},
@@ -70,6 +80,7 @@ def params_from_hf(get: Callable[[str], np.ndarray], cfg: ModelConfig, *, dtype=
                 "wk": load(p + "self_attn.k_proj.weight", (k * h, d)).T.reshape(d, k, h),
                 "wv": load(p + "self_attn.v_proj.weight", (k * h, d)).T.reshape(d, k, h),
                 "wo": load(p + "self_attn.o_proj.weight", (d, n * h)).T.reshape(n, h, d),
+                **attn_bias,
             },
             "mlp": {
                 "w_gate": load(p + "mlp.gate_proj.weight", (f, d)).T,
@@ -131,6 +142,10 @@ def params_to_hf(params: dict, cfg: ModelConfig, *, dtype=np.float32) -> dict[st
         out[p + "self_attn.k_proj.weight"] = arr(np.asarray(b["attn"]["wk"]).reshape(d, k * h).T)
         out[p + "self_attn.v_proj.weight"] = arr(np.asarray(b["attn"]["wv"]).reshape(d, k * h).T)
         out[p + "self_attn.o_proj.weight"] = arr(np.asarray(b["attn"]["wo"]).reshape(n * h, d).T)
+        if cfg.attention_bias:
+            for x in "qkv":
+                bias = np.asarray(b["attn"][f"b{x}"]).reshape(-1)
+                out[p + f"self_attn.{x}_proj.bias"] = arr(bias)
         out[p + "mlp.gate_proj.weight"] = arr(np.asarray(b["mlp"]["w_gate"]).T)
         out[p + "mlp.up_proj.weight"] = arr(np.asarray(b["mlp"]["w_up"]).T)
         out[p + "mlp.down_proj.weight"] = arr(np.asarray(b["mlp"]["w_down"]).T)

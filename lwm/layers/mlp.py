@@ -10,9 +10,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lwm.attention import check_ffn_chunk
+from lwm.errors import ConfigError
 from lwm.layers.params import normal_param
 from lwm.sharding import with_logical_constraint
+
+
+def check_ffn_chunk(seq_len: int, sp: int, chunk: int) -> None:
+    """The blockwise feed-forward's rule (`ModelConfig.ffn_chunk_size`): chunks tile each
+    sequence shard, so a chunk shorter than the sequence must divide `seq_len / sp`."""
+    if chunk and chunk < seq_len and seq_len % (sp * chunk):
+        raise ConfigError(
+            f"sequence length {seq_len} not divisible by sp {sp} x ffn_chunk_size {chunk}"
+        )
 
 
 class SwiGLU(nnx.Module):

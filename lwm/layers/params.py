@@ -23,3 +23,7 @@ def normal_param(
 
 def ones_param(shape: Sequence[int], logical_axes: Sequence[str], *, dtype) -> nnx.Param:
     return nnx.Param(jnp.ones(tuple(shape), dtype), logical_axes=tuple(logical_axes))
+
+
+def zeros_param(shape: Sequence[int], logical_axes: Sequence[str], *, dtype) -> nnx.Param:
+    return nnx.Param(jnp.zeros(tuple(shape), dtype), logical_axes=tuple(logical_axes))

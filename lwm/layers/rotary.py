@@ -13,16 +13,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def rope_inv_freq(head_dim: int, theta: float) -> jax.Array:
-    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.int32).astype(jnp.float32) / head_dim
-    return 1.0 / (theta**exponents)
+from lwm.layers.rope_scaling import RopeScaling, scaled_inv_freq
 
 
-def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, *, theta: float) -> jax.Array:
-    """Rotates q or k `[B, T, N, H]` by angles position × inv_freq (fp32 math)."""
+def apply_rope(
+    x_btnh: jax.Array,
+    positions_bt: jax.Array,
+    *,
+    theta: float,
+    scaling: RopeScaling | None = None,
+) -> jax.Array:
+    """Rotates q or k `[B, T, N, H]` by angles position × inv_freq (fp32 math); `scaling` picks
+    the family's frequencies (`lwm.layers.rope_scaling`; None = plain RoPE)."""
     h = x_btnh.shape[-1]
-    inv_freq_f = rope_inv_freq(h, theta)
+    inv_freq_f = scaled_inv_freq(h, theta, scaling)
     angles_btf = positions_bt.astype(jnp.float32)[..., None] * inv_freq_f
     cos_bt1f = jnp.cos(angles_btf)[:, :, None, :]
     sin_bt1f = jnp.sin(angles_btf)[:, :, None, :]

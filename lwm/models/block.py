@@ -6,11 +6,11 @@ import jax
 from flax import nnx
 
 from lwm.attention import AttentionOp
-from lwm.attention.cached import LayerCache
+from lwm.cache.slots import LayerCache
 from lwm.dtypes import to_dtype
-from lwm.layers.attention import Attention
 from lwm.layers.mlp import SwiGLU
 from lwm.layers.norms import RMSNorm
+from lwm.models.attention import Attention
 from lwm.models.config import ModelConfig
 from lwm.sharding import with_logical_constraint
 
@@ -22,22 +22,12 @@ REMAT_POLICIES = {
 
 
 class Block(nnx.Module):
+    """One decoder block of a model `cfg`; `op` is the model's attention backend."""
+
     def __init__(self, cfg: ModelConfig, op: AttentionOp, *, rngs: nnx.Rngs, mesh=None):
         pd, dt = to_dtype(cfg.param_dtype), to_dtype(cfg.dtype)
         self.attn_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pd, dtype=dt)
-        self.attn = Attention(
-            cfg.hidden_size,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            op,
-            rope_theta=cfg.rope_theta,
-            rngs=rngs,
-            stddev=cfg.initializer_range,
-            param_dtype=pd,
-            dtype=dt,
-            mesh=mesh,
-        )
+        self.attn = Attention(cfg, op, rngs=rngs, mesh=mesh)
         self.mlp_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pd, dtype=dt)
         self.mlp = SwiGLU(
             cfg.hidden_size,
@@ -46,7 +36,7 @@ class Block(nnx.Module):
             stddev=cfg.initializer_range,
             param_dtype=pd,
             dtype=dt,
-            chunk_size=cfg.attention.ffn_chunk_size,
+            chunk_size=cfg.ffn_chunk_size,
             mesh=mesh,
         )
         self.mesh = mesh

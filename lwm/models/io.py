@@ -59,7 +59,7 @@ def set_params(model: nnx.Module, params: Mapping) -> None:
     nnx.update(model, state)
 
 
-def _checkpoint_dir(path: str | pathlib.Path) -> pathlib.Path:
+def resolve_checkpoint_dir(path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(path).expanduser()
     if not path.exists():
         raise LwmError(f"checkpoint directory not found: {path}")
@@ -97,17 +97,20 @@ def load_params_numpy(
     directory: str | pathlib.Path, step: int | None = None
 ) -> tuple[dict, ModelConfig]:
     """The stored parameters as host numpy arrays (string keys) and the config."""
-    path = _checkpoint_dir(directory)
+    path = resolve_checkpoint_dir(directory)
     with Checkpointer(path, keep=None, async_save=False, readonly=True) as ckpt:
         cfg = _stored_config(ckpt, path, step)
         params, _, _ = ckpt.restore(step, subtree="params")
     return params, cfg
 
 
-def read_model_config(directory: str | pathlib.Path, step: int | None = None) -> ModelConfig:
-    """The ModelConfig stored with a checkpoint, without reading any array."""
-    path = _checkpoint_dir(directory)
-    with Checkpointer(path, keep=None, async_save=False, readonly=True) as ckpt:
+def read_model_config(
+    directory: str | pathlib.Path, step: int | None = None, *, strict: bool = False
+) -> ModelConfig:
+    """The ModelConfig stored with a checkpoint, without reading any array (`strict`: see
+    `load_model`)."""
+    path = resolve_checkpoint_dir(directory)
+    with Checkpointer(path, keep=None, async_save=False, readonly=True, strict=strict) as ckpt:
         return _stored_config(ckpt, path, step)
 
 
@@ -126,15 +129,17 @@ def load_model(
     mesh: Mesh | None = None,
     step: int | None = None,
     overrides: Mapping[str, Any] | None = None,
+    strict: bool = False,
 ) -> Transformer:
     """Loads a model from a checkpoint directory (converted model or training workdir).
+    `strict`: an unreadable newest step is an error instead of a fallback (`--strict`).
 
     `overrides` replaces config fields at load time (e.g. `{"attention": {"backend": "ring"}}`,
     `{"rope_theta": ...}`); shapes must still match the stored parameters. On a mesh, parameters
     are read directly into their shardings.
     """
-    path = _checkpoint_dir(checkpoint_dir)
-    with Checkpointer(path, keep=None, async_save=False, readonly=True) as ckpt:
+    path = resolve_checkpoint_dir(checkpoint_dir)
+    with Checkpointer(path, keep=None, async_save=False, readonly=True, strict=strict) as ckpt:
         cfg = _stored_config(ckpt, path, step)
         return _restore_model(ckpt, cfg, mesh=mesh, step=step, overrides=overrides)
 

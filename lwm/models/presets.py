@@ -32,8 +32,8 @@ _LWM_RUNTIME = dict(
         query_chunk_size=1024,
         key_chunk_size=1024,
         layout="zigzag",
-        ffn_chunk_size=2048,
     ),
+    ffn_chunk_size=2048,
 )
 _LWM_VISION = dict(vision_vocab_size=8448, vision_eof_id=8192, vision_eov_id=8193)
 

@@ -4,11 +4,14 @@ Callers pass tokens in natural sequence order; when the attention backend uses a
 layout (ring attention, zigzag/striped), the model permutes tokens, positions, segment ids and the
 vision mask into that layout once at entry and restores natural order once on the final hidden
 states, so logits, losses and caches never see the permutation.
+
+Every call returns a `ModelOutput`. KV-cache decoding (Gemma style): `cache = model.init_cache(B,
+S)`, then `model(tokens, positions_bt=..., cache=cache, cache_slots=...)` writes the chunk at
+`cache_slots` (`lwm.cache.slots.CacheSlots`) and returns the updated cache in the output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import jax
@@ -17,16 +20,19 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lwm.attention import make_attention
-from lwm.attention.cached import LayerCache
+from lwm.cache.kv_cache import KVCache, init_cache
+from lwm.cache.slots import CacheSlots
 from lwm.dtypes import to_dtype
 from lwm.layers.embed import Embedder
 from lwm.layers.norms import RMSNorm
 from lwm.layers.params import normal_param
 from lwm.models.block import Block, block_fn
 from lwm.models.config import ModelConfig
+from lwm.models.output import ModelOutput
 from lwm.sharding import logical_to_sharding, with_logical_constraint
 
 Output = Literal["text", "vision", "both"]
+Head = Literal["text", "vision"]
 
 
 class Transformer(nnx.Module):
@@ -91,6 +97,10 @@ class Transformer(nnx.Module):
             for i in range(self.config.num_layers)
         ]
 
+    def init_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty KV cache of `capacity` slots for `batch` rows, sharded on the model's mesh."""
+        return init_cache(self.config, batch, capacity, self.mesh)
+
     def hidden_states(
         self,
         tokens_bt: jax.Array,
@@ -98,13 +108,13 @@ class Transformer(nnx.Module):
         positions_bt: jax.Array | None = None,
         segment_ids_bt: jax.Array | None = None,
         vision_mask_bt: jax.Array | None = None,
-        cache: Sequence[LayerCache] | None = None,
-    ) -> jax.Array | tuple[jax.Array, tuple[LayerCache, ...]]:
-        """Final-norm hidden states `[B, T, D]` in natural order.
+        cache: KVCache | None = None,
+        cache_slots: CacheSlots | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states `[B, T, D]` in natural order, and the updated cache.
 
-        With `cache` (one `LayerCache` per layer, KV-cache decoding) the tokens are a chunk
-        written at the cache's slots; returns `(hidden, updated caches)`. The cache attention
-        shards over the mesh itself, so no layout permutation is applied then.
+        With `cache` (KV-cache decoding) the tokens are a chunk written at `cache_slots`; the
+        cache attention shards over the mesh itself, so no layout permutation is applied then.
         """
         b, t = tokens_bt.shape
         if positions_bt is None:
@@ -120,13 +130,19 @@ class Transformer(nnx.Module):
         x_btd = self.embed(tokens_bt, vision_mask_bt)
         x_btd = with_logical_constraint(x_btd, ("batch", "length", "act_embed"), self.mesh)
         if cache is not None:
-            if len(cache) != self.config.num_layers:
-                raise ValueError(f"{len(cache)} layer caches for {self.config.num_layers} layers")
-            new_cache = []
-            for block, layer_cache in zip(self.layer_blocks(), cache, strict=True):
+            if cache_slots is None:
+                raise ValueError("a cache needs cache_slots (where the chunk is written)")
+            if cache.num_layers != self.config.num_layers:
+                raise ValueError(
+                    f"{cache.num_layers} layer caches for {self.config.num_layers} layers"
+                )
+            new_layers = []
+            layers = cache.layers(cache_slots)
+            for block, layer_cache in zip(self.layer_blocks(), layers, strict=True):
                 x_btd, layer_cache = block(x_btd, positions_bt, None, cache=layer_cache)
-                new_cache.append(layer_cache)
-            return self.final_norm(x_btd), tuple(new_cache)
+                new_layers.append(layer_cache)
+            cache = cache.advance(new_layers, cache_slots, positions_bt)
+            return self.final_norm(x_btd), cache
         fn = block_fn(self.config.remat_policy)
         if self.config.scan_layers:
 
@@ -139,7 +155,7 @@ class Transformer(nnx.Module):
             for block in self.blocks:
                 x_btd = fn(block, x_btd, positions_bt, segment_ids_bt)
         x_btd = self.final_norm(x_btd)
-        return op.from_layout(x_btd)
+        return op.from_layout(x_btd), None
 
     def text_head_weight(self) -> jax.Array:
         """`[D, V]` text output projection (the transposed embedding table when tied)."""
@@ -147,24 +163,16 @@ class Transformer(nnx.Module):
             return self.embed.text[...].T
         return self.lm_head[...]
 
-    def logits(self, hidden_btd: jax.Array, output: Output = "text"):
-        """Projects hidden states to text logits, vision logits, or `(text, vision)`."""
-        dt = to_dtype(self.config.dtype)
-        names = ("batch", "length", "act_vocab")
-
-        def project(w_dv):
-            logits = jnp.einsum("btd,dv->btv", hidden_btd.astype(dt), w_dv.astype(dt))
-            return with_logical_constraint(logits, names, self.mesh)
-
-        if output in ("vision", "both") and self.vision_head is None:
+    def logits(self, hidden_btd: jax.Array, head: Head = "text") -> jax.Array:
+        """Projects hidden states `[B, T, D]` through the text or the vision head."""
+        if head == "vision" and self.vision_head is None:
             raise ValueError("this model has no vision head (vision_vocab_size = 0)")
-        if output == "text":
-            return project(self.text_head_weight())
-        if output == "vision":
-            return project(self.vision_head[...])
-        if output == "both":
-            return project(self.text_head_weight()), project(self.vision_head[...])
-        raise ValueError(f"output must be text, vision or both, got {output!r}")
+        if head not in ("text", "vision"):
+            raise ValueError(f"head must be text or vision, got {head!r}")
+        w_dv = self.text_head_weight() if head == "text" else self.vision_head[...]
+        dt = to_dtype(self.config.dtype)
+        logits = jnp.einsum("btd,dv->btv", hidden_btd.astype(dt), w_dv.astype(dt))
+        return with_logical_constraint(logits, ("batch", "length", "act_vocab"), self.mesh)
 
     def __call__(
         self,
@@ -174,20 +182,26 @@ class Transformer(nnx.Module):
         segment_ids_bt: jax.Array | None = None,
         vision_mask_bt: jax.Array | None = None,
         output: Output = "text",
-        cache: Sequence[LayerCache] | None = None,
-    ):
-        """Logits (`output` picks text, vision or both); with `cache`, `(logits, new cache)`."""
-        hidden = self.hidden_states(
+        cache: KVCache | None = None,
+        cache_slots: CacheSlots | None = None,
+    ) -> ModelOutput:
+        """The logits `output` picks (text, vision or both) and, with `cache`, the updated
+        cache, as one `ModelOutput`."""
+        if output not in ("text", "vision", "both"):
+            raise ValueError(f"output must be text, vision or both, got {output!r}")
+        if output != "text" and self.vision_head is None:
+            raise ValueError("this model has no vision head (vision_vocab_size = 0)")
+        hidden_btd, cache = self.hidden_states(
             tokens_bt,
             positions_bt=positions_bt,
             segment_ids_bt=segment_ids_bt,
             vision_mask_bt=vision_mask_bt,
             cache=cache,
+            cache_slots=cache_slots,
         )
-        if cache is None:
-            return self.logits(hidden, output)
-        hidden_btd, cache = hidden
-        return self.logits(hidden_btd, output), cache
+        text = self.logits(hidden_btd, "text") if output in ("text", "both") else None
+        vision = self.logits(hidden_btd, "vision") if output in ("vision", "both") else None
+        return ModelOutput(logits=text, vision_logits=vision, cache=cache)
 
 
 def _logical_axes(variable: nnx.Variable) -> tuple | None:

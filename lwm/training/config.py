@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from lwm.config import parse_fields, parse_section
+from lwm.config import config_section, parse_fields, parse_section
+from lwm.data.config import DataConfig
 from lwm.errors import ConfigError
 
 Schedule = Literal["warmup_cosine", "constant", "warmup_linear"]
-SCHEDULES = ("warmup_cosine", "constant", "warmup_linear")
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +30,7 @@ class TrainConfig:
     """Global batch size in tokens (batch size = batch_tokens // seq_len), single-stage runs."""
     lr: float = 3e-4
     """Peak learning rate."""
-    schedule: str = "warmup_cosine"
+    schedule: Schedule = "warmup_cosine"
     """Learning-rate schedule: warmup_cosine, constant (after warmup), or warmup_linear."""
     warmup_steps: int = 10
     """Linear warmup from 0 to `lr` over this many steps (all schedules)."""
@@ -105,6 +106,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> TrainConfig:
+        schedule = (d or {}).get("schedule", SCHEDULES[0]) if not isinstance(d, cls) else None
+        if schedule is not None and schedule not in SCHEDULES:  # the message train always gave
+            raise ConfigError(f"train.schedule {schedule!r}: expected one of {SCHEDULES}")
         return parse_section(cls, d, "train")
 
 
@@ -173,15 +177,14 @@ class StageConfig:
         if values.get("warmup_steps") is not None and values["warmup_steps"] < 0:
             raise ConfigError(f"{where}.warmup_steps must be >= 0 (or None to inherit)")
         if values.get("data") is not None:
-            from lwm.data.config import DataConfig
-
             values["data"] = parse_fields(DataConfig, values["data"], f"{where}.data")
         return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
 class ResolvedStage:
-    """A stage with every inherited field filled in."""
+    """A stage with every inherited field filled in (`data`: the run's data section with the
+    stage's overrides applied)."""
 
     index: int
     seq_len: int
@@ -190,13 +193,13 @@ class ResolvedStage:
     rope_theta: float
     max_sequence_length: int
     lr: float
-    schedule: str
+    schedule: Schedule
     warmup_steps: int
     end_lr_ratio: float
     reset_optimizer: bool
     mesh: dict[str, int] | None
     grad_accum: int
-    data: dict[str, Any] | None = None
+    data: DataConfig = DataConfig(source="synthetic")
 
     @property
     def batch_tokens(self) -> int:
@@ -212,8 +215,11 @@ def resolve_stages(
     stages: Sequence[Mapping[str, Any]] | None,
     model_rope_theta: float,
     model_max_len: int,
+    data: DataConfig | None = None,
 ) -> list[ResolvedStage]:
-    """Fills each stage from `train` and the model; validates shapes and schedules."""
+    """Fills each stage from `train`, the model and the run's `data` (the trainer's default:
+    synthetic); validates shapes and schedules."""
+    data = DataConfig(source="synthetic") if data is None else data
     raw = [StageConfig.from_dict(s, i) for i, s in enumerate(stages or [])] or [StageConfig()]
     out = []
     for i, s in enumerate(raw):
@@ -242,10 +248,10 @@ def resolve_stages(
                 reset_optimizer=_pick(s.reset_optimizer, train.reset_optimizer),
                 mesh=s.mesh,
                 grad_accum=_pick(s.grad_accum, train.grad_accum),
-                data=s.data,
+                data=data.replace(**s.data) if s.data else data,
             )
         )
-        stretch = float((s.data or {}).get("position_stretch", 1.0))
+        stretch = out[-1].data.position_stretch
         if stretch * seq_len > out[-1].max_sequence_length:
             raise ConfigError(
                 f"stages[{i}]: position_stretch {stretch:g} x seq_len {seq_len} exceeds "
@@ -267,23 +273,9 @@ def resolve_stages(
 def default_train_section(**overrides: Any):
     """`config.train` as an ml_collections ConfigDict with every TrainConfig field (defaults
     replaced by `overrides`), so any field can be set with `--config.train.<field>=...`."""
-    import ml_collections
-
-    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - set(fields)
-    if unknown:
-        raise ConfigError(f"unknown train config fields: {sorted(unknown)}")
-    fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    return config_section(TrainConfig, "train", **overrides)
 
 
 def stage_section(**fields: Any):
     """One `config.stages` entry with every StageConfig field present (so overrides work)."""
-    import ml_collections
-
-    out = {f.name: f.default for f in dataclasses.fields(StageConfig)}
-    unknown = set(fields) - set(out)
-    if unknown:
-        raise ConfigError(f"unknown stage config fields: {sorted(unknown)}")
-    out.update(fields)
-    return ml_collections.ConfigDict(out)
+    return config_section(StageConfig, "stage", **fields)

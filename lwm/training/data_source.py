@@ -4,7 +4,6 @@ source named by `config.data.source` (`synthetic`, default, or a built `dataset`
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from lwm.errors import ConfigError
 from lwm.models.config import ModelConfig
@@ -16,31 +15,26 @@ EVAL_SEED = 2**31
 order held-out records are batched in) never share a seed with a training stage's."""
 
 
-def _stage_data(spec: RunSpec, st: ResolvedStage) -> dict[str, Any]:
-    return {**spec.data, **st.data} if st.data else dict(spec.data)
-
-
 def _iterator(spec: RunSpec, st: ResolvedStage, mesh, model: ModelConfig, *, seed: int, subset):
-    source = spec.data.get("source", "synthetic")
-    if source == "synthetic":
+    data = st.data
+    if data.source == "synthetic":
         from lwm.training.synthetic_data import make_synthetic_iterator
 
         return make_synthetic_iterator(
-            spec.data,
             seq_len=st.seq_len,
             global_batch_size=st.batch_size,
             mesh=mesh,
             seed=seed,
             vocab_size=model.vocab_size,
             vision_vocab_size=model.vision_vocab_size,
+            vision_fraction=data.vision_fraction,
         )
     try:
         from lwm.data.loader import make_train_iterator
     except ImportError as e:
-        raise ConfigError(f"data.source {source!r} needs lwm.data.loader ({e})") from None
-    data = _stage_data(spec, st)
+        raise ConfigError(f"data.source {data.source!r} needs lwm.data.loader ({e})") from None
     if subset == "eval":  # a fixed sample of the held-out records, read on demand
-        data = {**data, "prefetch": 0, "num_epochs": 0, "shuffle": True}
+        data = data.replace(prefetch=0, num_epochs=0, shuffle=True)
     return make_train_iterator(
         data,
         seq_len=st.seq_len,

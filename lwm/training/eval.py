@@ -17,20 +17,28 @@ import numpy as np
 
 from lwm.training.data_source import make_eval_iterator
 from lwm.training.hooks import Hooks, StageInfo, StepInfo
-from lwm.training.loss import loss_normalizer
+from lwm.training.loss import METRIC_SUMS, LossFn, lm_loss, loss_normalizer
 from lwm.training.run_spec import RunSpec
 from lwm.training.train_state import ModelDef, replicated
 from lwm.training.train_step import batch_shardings, make_loss_fn
 
+EVAL_KEY = 0
+"""Seed of the eval step's (fixed) PRNG key."""
 SUM_KEYS = ("text_nll", "text_tokens", "vision_nll", "vision_tokens", "correct")
 
 
 def make_eval_step(
-    mdef: ModelDef, *, text_weight: float, vision_weight: float, grad_accum: int = 1
+    mdef: ModelDef,
+    *,
+    text_weight: float,
+    vision_weight: float,
+    grad_accum: int = 1,
+    loss_fn: LossFn = lm_loss,
 ) -> Callable[[dict, dict], dict[str, jax.Array]]:
     """`(params, batch) -> sums` (SUM_KEYS): summed NLL and token counts per modality and the
-    number of correct argmax predictions; microbatched like the train step."""
-    loss_fn = make_loss_fn(mdef, text_weight=text_weight, vision_weight=vision_weight)
+    number of correct argmax predictions of `loss_fn` (the trainer's); microbatched like the
+    train step. Its key is fixed: every evaluation sees the same randomness, if any."""
+    params_loss = make_loss_fn(mdef, loss_fn)
     has_vision = mdef.config.has_vision
 
     def eval_fn(params, batch):
@@ -43,10 +51,10 @@ def make_eval_step(
         micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
 
         def body(acc, mb):
-            _, s = loss_fn(params, mb, norm)
+            _, s = params_loss(params, mb, norm, jax.random.key(EVAL_KEY))
             return jax.tree.map(jnp.add, acc, s), None
 
-        zero = {k: jnp.zeros((), jnp.float32) for k in ("text_loss", "vision_loss", "accuracy")}
+        zero = {k: jnp.zeros((), jnp.float32) for k in METRIC_SUMS}
         sums, _ = jax.lax.scan(body, zero, micro)
         # The loss terms are sums divided by the batch's token counts: undo that to add batches.
         tokens = norm.text_tokens + norm.vision_tokens
@@ -82,8 +90,9 @@ class EvalHook:
     """Every `train.eval_every` steps (and at each stage's last step): the loss of the current
     params on `train.eval_batches` held-out batches, added to the step's metric record."""
 
-    def __init__(self, spec: RunSpec):
+    def __init__(self, spec: RunSpec, loss_fn: LossFn = lm_loss):
         self.spec = spec
+        self.loss_fn = loss_fn
         self.every = spec.train.eval_every
         self.num_batches = spec.train.eval_batches
         self._data = None
@@ -100,6 +109,7 @@ class EvalHook:
             text_weight=train.text_loss_weight,
             vision_weight=train.vision_loss_weight,
             grad_accum=ctx.stage.grad_accum,
+            loss_fn=self.loss_fn,
         )
         self._fn = jax.jit(
             step,

@@ -6,34 +6,46 @@
 A step hook also runs at each stage's last step (`info.stage_done`), so a stage always ends with
 a log record, an eval and a checkpoint. Hooks run in the order they were added, on every process
 (a hook that writes files checks `jax.process_index() == 0` itself); the trainer's own logging,
-progress bar, eval, checkpointing and preemption are hooks too (`lwm.training.callbacks`).
+progress bar, eval, checkpointing and preemption are hooks too (`lwm.training.callbacks`). The
+VQGAN trainer runs the same loop (`lwm.training.loop`) and events with its own hooks
+(`lwm.video.vqgan_hooks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jax
 
 from lwm.errors import LwmError
-from lwm.training.stages import StageContext
 
 Event = Literal["stage_start", "step", "stage_end", "run_end"]
 EVENTS: tuple[str, ...] = ("stage_start", "step", "stage_end", "run_end")
+
+
+class LoopContext(Protocol):
+    """What the loop and the hooks need of a stage: its global step range `[start, end)` and
+    its index (the LM trainer's `StageContext`; the VQGAN trainer's one stage)."""
+
+    start: int
+    end: int
+
+    @property
+    def index(self) -> int: ...
 
 
 @dataclasses.dataclass
 class StageInfo:
     """A stage starting (`stage_start`) or ending (`stage_end`)."""
 
-    ctx: StageContext
+    ctx: Any  # a LoopContext: `lwm.training.stages.StageContext` in the LM trainer
     step: int
     """Global step: where this process enters the stage (beyond `ctx.start` on a mid-stage
     restart), or where it left it."""
-    state: dict
-    data: Iterator[dict[str, Any]]
+    state: Any
+    data: Iterator[Any]
     preempted: bool = False
     """stage_end only: the stage stopped early (SIGTERM or max_steps) with a checkpoint."""
     last_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -50,12 +62,15 @@ class StepInfo:
     values. Hooks add what they want logged at this step to `record` (the metrics hook writes it
     to the sinks once, with the train metrics)."""
 
-    ctx: StageContext
+    ctx: Any  # a LoopContext
     step: int
-    state: dict
+    state: Any
     metrics: dict[str, jax.Array]
-    data: Iterator[dict[str, Any]]
+    data: Iterator[Any]
     record: dict[str, float] = dataclasses.field(default_factory=dict)
+    stopping: bool = False
+    """Set by a hook that ends the loop at this step (before the hooks after it run): periodic
+    hooks then run as at the stage's last step (the VQGAN trainer's stop)."""
     _scalars: dict[str, float] | None = None
 
     @property
@@ -105,6 +120,6 @@ class Hooks:
         for h in self._hooks:
             if h.event != event:
                 continue
-            if event == "step" and info.step % h.every and not info.stage_done:
+            if event == "step" and info.step % h.every and not (info.stage_done or info.stopping):
                 continue
             h.fn(info)

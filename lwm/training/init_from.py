@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lwm.errors import LwmError
+from lwm.training.config import TrainConfig
 from lwm.training.train_state import ModelDef, init_params
 
 VISION_PARAMS = ("embed/vision", "vision_head")
@@ -56,18 +57,24 @@ def _is_per_layer(paths) -> bool:
 
 
 def initial_params(
-    train, mdef: ModelDef, mesh: Mesh, *, log: Callable[[str], None] | None = None
+    train: TrainConfig,
+    mdef: ModelDef,
+    mesh: Mesh,
+    *,
+    log: Callable[[str], None] | None = None,
+    strict: bool = False,
 ) -> Any:
     """The params a run starts from: `init_params` unless `train.init_from` is set."""
-    if not getattr(train, "init_from", ""):
+    if not train.init_from:
         return init_params(mdef, train.seed, mesh)
     return params_from_checkpoint(
         train.init_from,
         mdef,
         mesh,
         seed=train.seed,
-        skip=tuple(getattr(train, "init_from_skip", ()) or ()),
+        skip=tuple(train.init_from_skip),
         log=log,
+        strict=strict,
     )
 
 
@@ -79,21 +86,23 @@ def params_from_checkpoint(
     seed: int = 0,
     skip: tuple[str, ...] = (),
     log: Callable[[str], None] | None = None,
+    strict: bool = False,
 ) -> dict:
     """`mdef`'s params (pure dict, in their shardings on `mesh`) read from the checkpoint at
-    `directory`, with fresh init for the vision params a text checkpoint lacks and for `skip`."""
+    `directory`, with fresh init for the vision params a text checkpoint lacks and for `skip`;
+    `strict`: an unreadable newest step is an error instead of a fallback (`--strict`)."""
     from lwm.checkpoint import Checkpointer
-    from lwm.models.io import _checkpoint_dir
+    from lwm.models.io import resolve_checkpoint_dir
 
-    path = _checkpoint_dir(directory)
+    path = resolve_checkpoint_dir(directory)
     target = _flatten(mdef.abstract_pure_params())
     shardings = _flatten(mdef.param_shardings(mesh))
     patterns = [re.compile(p) for p in skip]
-    with Checkpointer(path, keep=None, async_save=False) as ckpt:
+    with Checkpointer(path, keep=None, async_save=False, strict=strict) as ckpt:
         step = ckpt.latest_step()
         if step is None:
             raise LwmError(f"train.init_from: no checkpoint in {path}")
-        saved = ckpt._saved_tree(step)  # structure and shapes only, no array is read
+        saved = ckpt.saved_tree(step)  # structure and shapes only, no array is read
         if not isinstance(saved, Mapping) or "params" not in saved:
             raise LwmError(f"train.init_from: checkpoint in {path} has no params")
         source = _flatten(saved["params"])

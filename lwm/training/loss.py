@@ -4,11 +4,15 @@ Each term is the mean over its own tokens; the loss is their weighted mean over 
 in the batch. To make gradient accumulation exact, the per-microbatch functions return *sums*
 divided by token counts of the whole global batch (`LossNormalizer`), so summing microbatches
 gives the same objective as one big batch.
+
+`lm_loss` is the trainer's default loss (`Trainer(spec, loss_fn=...)` takes any `LossFn`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -94,3 +98,37 @@ def split_loss_terms(
         "vision_loss": vision_sum,
         "accuracy": correct / all_tokens,
     }
+
+
+LossFn = Callable[
+    [Any, dict[str, jax.Array], LossNormalizer, jax.Array], tuple[jax.Array, dict[str, jax.Array]]
+]
+"""`loss_fn(model, micro, norm, key) -> (loss, sums)`: the loss of one microbatch `micro` (the
+batch keys of `lwm.data.packing.BATCH_KEYS`) under `model` (the `Transformer` with the params
+being differentiated). `norm` holds the token counts of the whole global batch: divide by them so
+microbatch values add up. `key`: this step's (and microbatch's) PRNG key. `sums` must hold
+`text_loss`, `vision_loss` and `accuracy` (logged, and added up by the eval hook)."""
+
+METRIC_SUMS = ("text_loss", "vision_loss", "accuracy")
+
+
+def lm_loss(
+    model: Any, micro: dict[str, jax.Array], norm: LossNormalizer, key: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Next-token cross-entropy, split into text and vision terms (the default `LossFn`)."""
+    del key  # deterministic: no dropout
+    has_vision = model.config.has_vision
+    kwargs = dict(
+        positions_bt=micro["positions"],
+        segment_ids_bt=micro["segment_ids"],
+        vision_mask_bt=micro["vision_mask"].astype(bool) if has_vision else None,
+    )
+    out = model(micro["tokens"], output="both" if has_vision else "text", **kwargs)
+    return split_loss_terms(
+        out.logits,
+        out.vision_logits,
+        micro["targets"],
+        micro["loss_mask"],
+        micro["target_vision_mask"] if has_vision else None,
+        norm,
+    )

@@ -1,10 +1,10 @@
 """Ahead-of-time plan of a training stage: compile the real train step on abstract inputs.
 
-`plan_stage` builds the stage's mesh, model definition, optimizer and step exactly as the trainer
-does, lowers the jitted step on `jax.ShapeDtypeStruct`s that carry the shardings (nothing is
-allocated), compiles it, and reads XLA's per-device memory analysis and cost analysis. It works
-on simulated CPU devices, so a 1M-token stage of a 7B model on a 256-device mesh can be checked
-from a laptop (`lwm plan --devices 256`).
+`plan_stage` builds the stage's mesh, model definition, optimizer and step with the trainer's
+`build_stage`, lowers the jitted step on `jax.ShapeDtypeStruct`s that carry the shardings
+(nothing is allocated), compiles it, and reads XLA's per-device memory analysis and cost
+analysis. It works on simulated CPU devices, so a 1M-token stage of a 7B model on a 256-device
+mesh can be checked from a laptop (`lwm plan --devices 256`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from typing import Any
 import jax
 
 from lwm.errors import ConfigError
-from lwm.sharding import make_mesh
 from lwm.training import flops as flops_lib
 from lwm.training.config import ResolvedStage
 from lwm.training.run_spec import RunSpec, check_stage_shapes
-from lwm.training.stages import stage_model_config, stage_optimizer, stage_step_fn
+from lwm.training.stages import build_stage, stage_step_fn
 from lwm.training.synthetic_data import synthetic_batch
-from lwm.training.train_state import count_params, model_def
+from lwm.training.train_state import count_params
 from lwm.training.train_step import abstract_state, batch_shardings, jit_train_step
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -173,15 +172,13 @@ def plan_stage(
 ) -> StagePlan:
     """Compiles stage `index`'s train step on abstract inputs and reads its memory and cost."""
     st, sizes = override_stage(spec, index, seq_len=seq_len, batch_size=batch_size)
-    mesh = make_mesh(sizes)
-    mdef = model_def(stage_model_config(spec.model, st), mesh)
-    optimizer = stage_optimizer(spec.train, mdef)
-    state = abstract_state(mdef, optimizer, mesh)
+    ctx = build_stage(spec, index, 0, stage=st, mesh_sizes=sizes)  # as the trainer builds it
+    mesh, mdef = ctx.mesh, ctx.mdef
+    state = abstract_state(mdef, ctx.optimizer, mesh, ctx.shardings)
     b_sh = batch_shardings(mesh, st.batch_size, st.seq_len)
     batch = abstract_batch(st.batch_size, st.seq_len, b_sh)
-    step_fn = stage_step_fn(spec.train, st, mdef, optimizer, 0)
-    st_sh = jax.tree.map(lambda x: x.sharding, state)
-    jitted = jit_train_step(step_fn, st_sh, b_sh, mesh)
+    step_fn = stage_step_fn(spec.train, st, mdef, ctx.optimizer, 0)
+    jitted = jit_train_step(step_fn, ctx.shardings, b_sh, mesh)
     t0 = time.perf_counter()
     lowered = jitted.lower(state, batch)
     t1 = time.perf_counter()

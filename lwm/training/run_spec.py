@@ -1,16 +1,17 @@
-"""A run, parsed and validated before any device work: typed configs, resolved stages, and each
-stage's mesh sizes with its shapes checked against them."""
+"""A run, parsed and validated before any device work: the config file's ConfigDict is read here,
+once, into typed configs (model, train, data), resolved stages, and each stage's mesh sizes with
+its shapes checked against them. Everything downstream takes the `RunSpec`."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 import jax
 import ml_collections
 
 from lwm.attention import make_attention
+from lwm.data.config import DataConfig, run_data_config
 from lwm.errors import ConfigError
 from lwm.models.config import ModelConfig
 from lwm.sharding.mesh import MESH_AXES, resolve_mesh_shape
@@ -18,16 +19,21 @@ from lwm.training.config import ResolvedStage, TrainConfig, resolve_stages
 from lwm.training.sinks import check_sinks_available
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunSpec:
     """Everything parsed and validated from a config, before any device work."""
 
-    config: ml_collections.ConfigDict
     model: ModelConfig
     train: TrainConfig
     stages: list[ResolvedStage]
-    mesh_sizes: list[dict[str, int]]  # per stage
-    data: Mapping[str, Any]
+    """Every stage with its inherited fields (and its data section) filled in."""
+    mesh_sizes: list[dict[str, int]]
+    """Per stage: the mesh axis sizes."""
+    data: DataConfig
+    """The run's data section (a stage's own, with its overrides, is `stages[i].data`)."""
+    config_json: str = "{}"
+    """The config as given (overrides applied), for the record: the workdir's `config.json` and
+    the W&B run config. Never read back by training."""
 
 
 def _mesh_dict(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -53,8 +59,9 @@ def parse_run(
         raise ConfigError("config has no `model` section")
     model = ModelConfig.from_dict(config.model)
     train = TrainConfig.from_dict(config.get("train"))
+    data = run_data_config(config.get("data"))
     raw_stages = config.get("stages") or []
-    stages = resolve_stages(train, raw_stages, model.rope_theta, model.max_sequence_length)
+    stages = resolve_stages(train, raw_stages, model.rope_theta, model.max_sequence_length, data)
     base_mesh = _mesh_dict(config)
     meshes = []
     for st in stages:
@@ -63,29 +70,23 @@ def parse_run(
         meshes.append(shape)
         if check_shapes:
             check_stage_shapes(model, st, shape)
-    data = config.get("data") or {}
-    data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
-    if data.get("source", "synthetic") != "synthetic":
-        from lwm.data.config import DataConfig
-
-        DataConfig.from_dict(data)  # its one-line errors now, not when the stage starts
     if train.eval_every:
         check_eval_data(data)
     check_sinks_available(train)
-    if data.get("source", "synthetic") == "synthetic" and data.get("path"):
+    if data.source == "synthetic" and data.path:
         raise ConfigError(
-            f"data.path is {data['path']!r} but data.source is 'synthetic' (it would be "
+            f"data.path is {data.path!r} but data.source is 'synthetic' (it would be "
             "ignored); add --config.data.source=dataset"
         )
-    return RunSpec(config, model, train, stages, meshes, data)
+    return RunSpec(model, train, stages, meshes, data, config.to_json(indent=2))
 
 
-def check_eval_data(data: Mapping[str, Any]) -> None:
+def check_eval_data(data: DataConfig) -> None:
     """`train.eval_every` needs held-out data: the synthetic source has its own held-out stream,
     a dataset needs `data.eval_fraction` or `data.eval_path`."""
-    if data.get("source", "synthetic") == "synthetic":
+    if data.source == "synthetic":
         return
-    if not data.get("eval_fraction") and not data.get("eval_path"):
+    if not data.eval_fraction and not data.eval_path:
         raise ConfigError(
             "train.eval_every > 0 needs a validation split: set data.eval_fraction (records held "
             "out of data.path) or data.eval_path (a separate dataset)"

@@ -24,6 +24,7 @@ from lwm.models.config import ModelConfig
 from lwm.sharding import make_mesh
 from lwm.training.config import ResolvedStage, TrainConfig
 from lwm.training.init_from import initial_params
+from lwm.training.loss import LossFn, lm_loss
 from lwm.training.optimizer import make_optimizer, weight_decay_mask
 from lwm.training.run_spec import RunSpec
 from lwm.training.schedule import make_schedule
@@ -58,6 +59,7 @@ def stage_step_fn(
     mdef: ModelDef,
     optimizer: optax.GradientTransformation,
     stage_start: int,
+    loss_fn: LossFn = lm_loss,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """The (un-jitted) train step of stage `st`, whose first global step is `stage_start`."""
     schedule = make_schedule(
@@ -75,6 +77,7 @@ def stage_step_fn(
         vision_weight=train.vision_loss_weight,
         grad_accum=st.grad_accum,
         stage_start_step=stage_start,
+        loss_fn=loss_fn,
     )
 
 
@@ -111,10 +114,18 @@ class StageContext:
         return len(self.spec.stages)
 
 
-def build_stage(spec: RunSpec, index: int, start: int) -> StageContext:
-    """The mesh, model definition, optimizer and state shardings of stage `index`."""
-    st = spec.stages[index]
-    mesh = make_mesh(spec.mesh_sizes[index])
+def build_stage(
+    spec: RunSpec,
+    index: int,
+    start: int,
+    *,
+    stage: ResolvedStage | None = None,
+    mesh_sizes: dict[str, int] | None = None,
+) -> StageContext:
+    """The mesh, model definition (built once, abstractly), optimizer and state shardings of
+    stage `index`; `stage` / `mesh_sizes` replace its resolved stage and mesh (`lwm plan`)."""
+    st = spec.stages[index] if stage is None else stage
+    mesh = make_mesh(spec.mesh_sizes[index] if mesh_sizes is None else mesh_sizes)
     mdef = model_def(stage_model_config(spec.model, st), mesh)
     optimizer = stage_optimizer(spec.train, mdef)
     shardings = state_shardings(mdef, optimizer, mesh)
@@ -135,21 +146,28 @@ def _new_state(ctx: StageContext, params: Any, opt_state: Any = None, rng: Any =
     return jax.device_put({**state, "rng": rng}, sh)
 
 
-def init_state(ctx: StageContext, log: Callable[[str], None] | None = None) -> dict:
+def init_state(
+    ctx: StageContext, log: Callable[[str], None] | None = None, *, strict: bool = False
+) -> dict:
     """A run's first state, directly in its shardings: freshly initialised parameters (seed
-    `train.seed`), or those of `train.init_from` (lwm/training/init_from.py); fresh moments."""
-    return _new_state(ctx, initial_params(ctx.spec.train, ctx.mdef, ctx.mesh, log=log))
+    `train.seed`), or those of `train.init_from` (lwm/training/init_from.py; `strict`: its newest
+    step must be readable); fresh moments."""
+    params = initial_params(ctx.spec.train, ctx.mdef, ctx.mesh, log=log, strict=strict)
+    return _new_state(ctx, params)
 
 
 def restore_state(
     ctx: StageContext, ckpt: Checkpointer, step: int | None = None, *, params_only: bool = False
 ) -> tuple[dict, dict | None]:
     """The latest checkpoint, read directly onto this stage's mesh: the full state and the data
-    iterator's state, or (`params_only`) the params in a state with fresh moments."""
-    target = abstract_state(ctx.mdef, ctx.optimizer, ctx.mesh)
+    iterator's state, or (`params_only`) the params and rng in a state with fresh moments (the
+    rng as a carried state keeps it: a restart at a stage boundary draws the keys an
+    uninterrupted run does)."""
+    target = abstract_state(ctx.mdef, ctx.optimizer, ctx.mesh, ctx.shardings)
     if params_only:
         params, _, _ = ckpt.restore(step, abstract_state=target["params"], subtree="params")
-        return _new_state(ctx, params), None
+        rng, _, _ = ckpt.restore(step, abstract_state=target["rng"], subtree="rng")
+        return _new_state(ctx, params, rng=rng), None
     state, _, data_state = ckpt.restore(step, abstract_state=target)
     return jax.device_put(state, ctx.shardings), data_state
 
@@ -170,18 +188,20 @@ def enter_stage(
     resume: dict | None = None,
     prev_state: dict | None = None,
     log: Callable[[str], None] | None = None,
+    strict: bool = False,
 ) -> tuple[dict, dict | None]:
     """The state stage `ctx` starts from, and the data-iterator state to continue (None: the
     stage's data from its beginning).
 
     `prev_state`: the previous stage's final state in this process. `resume`: the metadata of the
     workdir's latest checkpoint, when this process starts from it (it is of this stage, then
-    training continues inside it, or of the previous, finished one).
+    training continues inside it, or of the previous, finished one). `strict`: `train.init_from`'s
+    newest step must be readable (`--strict`).
     """
     if prev_state is not None:
         return carry_state(ctx, prev_state), None
     if resume is None:
-        return init_state(ctx, log), None
+        return init_state(ctx, log, strict=strict), None
     step = int(resume["step"])  # the step the workdir check chose (an unreadable newer one skipped)
     if int(resume["stage"]) == ctx.index:  # mid-stage restart: everything as it was
         return restore_state(ctx, ckpt, step)

@@ -96,7 +96,6 @@ class SyntheticIterator(Iterator[dict[str, jax.Array]]):
 
 
 def make_synthetic_iterator(
-    data_cfg: Mapping[str, Any],
     *,
     seq_len: int,
     global_batch_size: int,
@@ -104,9 +103,9 @@ def make_synthetic_iterator(
     seed: int,
     vocab_size: int,
     vision_vocab_size: int = 0,
+    vision_fraction: float = 0.0,
 ) -> SyntheticIterator:
-    """`data_cfg` fields used: `vision_fraction` (share of rows whose 2nd document is vision)."""
-    vision_fraction = float(data_cfg.get("vision_fraction", 0.0)) if data_cfg else 0.0
+    """`vision_fraction`: share of rows whose 2nd document is vision (`data.vision_fraction`)."""
     return SyntheticIterator(
         mesh=mesh,
         seed=seed,

@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from lwm.data.packing import BATCH_KEYS
 from lwm.sharding import logical_to_sharding
-from lwm.training.loss import loss_normalizer, split_loss_terms
+from lwm.training.loss import METRIC_SUMS, LossFn, lm_loss, loss_normalizer
 from lwm.training.train_state import ModelDef, replicated
 
 
@@ -27,31 +27,22 @@ def batch_shardings(mesh: Mesh, batch_size: int, seq_len: int) -> dict[str, Name
     return {k: s for k in BATCH_KEYS}
 
 
-def make_loss_fn(mdef: ModelDef, *, text_weight: float, vision_weight: float) -> Callable:
-    """`loss_fn(params, micro, norm) -> (loss, metric sums)` for one microbatch."""
-    has_vision = mdef.config.has_vision
+def make_loss_fn(mdef: ModelDef, loss_fn: LossFn = lm_loss) -> Callable:
+    """`(params, micro, norm, key) -> (loss, metric sums)`: `loss_fn` on the model holding
+    `params` (the pure dict being differentiated)."""
 
-    def loss_fn(params, micro, norm):
-        model = mdef.merge(params)
-        kwargs = dict(
-            positions_bt=micro["positions"],
-            segment_ids_bt=micro["segment_ids"],
-            vision_mask_bt=micro["vision_mask"].astype(bool) if has_vision else None,
-        )
-        if has_vision:
-            text_logits, vision_logits = model(micro["tokens"], output="both", **kwargs)
-        else:
-            text_logits, vision_logits = model(micro["tokens"], output="text", **kwargs), None
-        return split_loss_terms(
-            text_logits,
-            vision_logits,
-            micro["targets"],
-            micro["loss_mask"],
-            micro["target_vision_mask"] if has_vision else None,
-            norm,
-        )
+    def params_loss(params, micro, norm, key):
+        return loss_fn(mdef.merge(params), micro, norm, key)
 
-    return loss_fn
+    return params_loss
+
+
+def step_key(state: dict) -> jax.Array:
+    """This step's PRNG key: the state's rng folded with the step. The folded key is also the
+    next state's rng, so the stream advances every step and, being saved with the state, a
+    resumed run draws the same keys as an uninterrupted one (exact resume); the rng leaf keeps
+    its (2,) uint32 shape, so older checkpoints restore unchanged."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
 
 def make_train_step(
@@ -63,11 +54,12 @@ def make_train_step(
     vision_weight: float,
     grad_accum: int = 1,
     stage_start_step: int = 0,
+    loss_fn: LossFn = lm_loss,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """The un-jitted step; see `jit_train_step`. The learning rate at global step `s` is
-    `schedule(s - stage_start_step)`."""
-    loss_fn = make_loss_fn(mdef, text_weight=text_weight, vision_weight=vision_weight)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    `schedule(s - stage_start_step)`; `loss_fn` (default `lm_loss`) is differentiated on each
+    microbatch, with the key `fold_in(step key, microbatch index)`."""
+    grad_fn = jax.value_and_grad(make_loss_fn(mdef, loss_fn), has_aux=True)
 
     def step_fn(state, batch):
         norm = loss_normalizer(
@@ -77,15 +69,17 @@ def make_train_step(
             vision_weight=vision_weight,
         )
         params = state["params"]
+        key = step_key(state)
         if grad_accum == 1:
-            (loss, sums), grads = grad_fn(params, batch, norm)
+            (loss, sums), grads = grad_fn(params, batch, norm, key)
         else:
             micro = jax.tree.map(
                 lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch
             )
 
-            def body(carry, mb):
-                (l, s), g = grad_fn(params, mb, norm)
+            def body(carry, xs):
+                mb, i = xs
+                (l, s), g = grad_fn(params, mb, norm, jax.random.fold_in(key, i))
                 acc_l, acc_s, acc_g = carry
                 return (
                     acc_l + l,
@@ -94,11 +88,11 @@ def make_train_step(
                 ), None
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            zero_sums = {
-                k: jnp.zeros((), jnp.float32) for k in ("text_loss", "vision_loss", "accuracy")
-            }
+            zero_sums = {k: jnp.zeros((), jnp.float32) for k in METRIC_SUMS}
             (loss, sums, grads), _ = jax.lax.scan(
-                body, (jnp.zeros((), jnp.float32), zero_sums, zeros), micro
+                body,
+                (jnp.zeros((), jnp.float32), zero_sums, zeros),
+                (micro, jnp.arange(grad_accum)),
             )
         grad_norm = optax.global_norm(grads)
         lr = jnp.asarray(schedule(state["step"] - stage_start_step), jnp.float32)
@@ -109,7 +103,7 @@ def make_train_step(
             "step": state["step"] + 1,
             "params": new_params,
             "opt_state": opt_state,
-            "rng": state["rng"],
+            "rng": jax.random.key_data(key),
         }
         metrics = {
             "loss": loss,
@@ -135,9 +129,15 @@ def state_shardings(mdef: ModelDef, optimizer: optax.GradientTransformation, mes
     return {"step": rep, "params": p_shard, "opt_state": opt_shard, "rng": rep}
 
 
-def abstract_state(mdef: ModelDef, optimizer: optax.GradientTransformation, mesh: Mesh) -> dict:
-    """ShapeDtypeStructs with shardings for the train state (restore target, AOT compile)."""
-    shardings = state_shardings(mdef, optimizer, mesh)
+def abstract_state(
+    mdef: ModelDef,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    shardings: dict | None = None,
+) -> dict:
+    """ShapeDtypeStructs with shardings (`state_shardings`, unless given) for the train state
+    (restore target, AOT compile)."""
+    shardings = state_shardings(mdef, optimizer, mesh) if shardings is None else shardings
     params = mdef.abstract_pure_params()
     shapes = {
         "step": jax.ShapeDtypeStruct((), jnp.int32),

@@ -5,14 +5,17 @@ Workdir layout: `config.json` (the run's config at first start), `checkpoints/<s
 the latest checkpoint and continues inside the stage it names (a finished stage moves on to the
 next one); a workdir that holds a different model or foreign files is refused before any compute.
 
-The loop itself only steps; everything else happens in hooks (`lwm.training.hooks`): the stage
-log lines, progress bar, eval, metric records, checkpoints, preemption and the loss curve are
-attached in `Trainer.__init__`, and callers add their own with `Trainer.add_hook`.
+The loop itself (`lwm.training.loop`, shared with the VQGAN trainer) only steps; everything else
+happens in hooks (`lwm.training.hooks`): the stage log lines, progress bar, eval, metric records,
+checkpoints, preemption and the loss curve are attached when the run starts, and callers add
+their own with `Trainer.add_hook`. The loss is a seam too: `Trainer(spec, workdir,
+loss_fn=...)` takes any `lwm.training.loss.LossFn` (default `lm_loss`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -26,7 +29,9 @@ from lwm.checkpoint import Checkpointer, UnreadableStepError
 from lwm.io import write_text
 from lwm.training import callbacks
 from lwm.training.data_source import make_data_iterator
-from lwm.training.hooks import Event, Hooks, StageInfo, StepInfo, make_hook
+from lwm.training.hooks import Event, Hooks, StageInfo, make_hook
+from lwm.training.loop import run_loop
+from lwm.training.loss import LossFn, lm_loss
 from lwm.training.run_spec import RunSpec, check_stage_shapes, parse_run
 from lwm.training.signals import StopRequest
 from lwm.training.sinks import MetricSink, make_sinks
@@ -39,7 +44,6 @@ from lwm.training.stages import (
     stage_optimizer,
     stage_step_fn,
 )
-from lwm.training.train_state import model_def
 from lwm.training.train_step import batch_shardings, jit_train_step
 from lwm.training.workdir import check_resume_seq_len, refuse_foreign, resume_metadata
 from lwm.training.workdir_tokenizer import copy_tokenizer_to_workdir
@@ -68,17 +72,25 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs a parsed config in `workdir`. Every process of a job runs the same calls."""
+    """Runs a parsed config in `workdir`. Every process of a job runs the same calls.
+
+    `loss_fn`: the loss the train step differentiates (and the eval hook reports), see
+    `lwm.training.loss.LossFn`; `strict`: an unreadable newest checkpoint step (of the workdir or
+    of `train.init_from`) is an error instead of a fallback (`--strict`)."""
 
     def __init__(
         self,
         spec: RunSpec,
         workdir: str | pathlib.Path,
         *,
+        loss_fn: LossFn = lm_loss,
         log: Callable[[str], None] | None = None,
         max_steps: int | None = None,
+        strict: bool = False,
     ):
         self.spec = spec
+        self.loss_fn = loss_fn
+        self.strict = strict
         self.workdir = pathlib.Path(workdir).expanduser().resolve()
         self.primary = jax.process_index() == 0
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -89,6 +101,14 @@ class Trainer:
         self._stop_reason: str | None = None
         self._signals: StopRequest | None = None
         self._preemption: callbacks.Preemption | None = None
+        self._contexts: dict[int, StageContext] = {}
+
+    def stage_context(self, index: int) -> StageContext:
+        """Stage `index`'s mesh, model definition, optimizer and shardings, built once."""
+        if index not in self._contexts:
+            ctx = build_stage(self.spec, index, self.stage_starts[index])
+            self._contexts[index] = ctx
+        return self._contexts[index]
 
     def add_hook(self, fn: Callable[[Any], None], *, every: int = 1, event: Event = "step") -> None:
         """Calls `fn(StepInfo)` after every `every`-th step (and each stage's last), or
@@ -110,7 +130,7 @@ class Trainer:
         if train.eval_every:
             from lwm.training.eval import EvalHook
 
-            EvalHook(self.spec).attach(hooks)
+            EvalHook(self.spec, self.loss_fn).attach(hooks)
         self.metrics = callbacks.MetricsLogger(sinks, train.log_every, train.peak_flops)
         self.metrics.attach(hooks)
         checkpointing = callbacks.Checkpointing(ckpt, fingerprint)
@@ -133,7 +153,8 @@ class Trainer:
 
     def run(self) -> TrainResult:
         spec = self.spec
-        fingerprint = param_fingerprint(model_def(spec.model, None))
+        # Stages differ in RoPE and length only, never in params: stage 0's model says it.
+        fingerprint = param_fingerprint(self.stage_context(0).mdef)
         if not (self.workdir / "checkpoints").is_dir():
             refuse_foreign(self.workdir)  # before creating anything in it
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +164,7 @@ class Trainer:
             save_every=spec.train.save_every,
             async_save=spec.train.async_save,
             preserve_steps=self.stage_starts[1:],  # stage ends: later stages start from them
+            strict=self.strict,
         )
         sinks: list[MetricSink] = []
         try:
@@ -153,9 +175,10 @@ class Trainer:
                 if self.primary:
                     cfg_path = self.workdir / "config.json"
                     if resume is None or not cfg_path.exists():
-                        write_text(cfg_path, spec.config.to_json(indent=2))
+                        write_text(cfg_path, spec.config_json)
                     resume_step = int(resume["step"]) if resume else 0
-                    sinks = make_sinks(spec.train, self.workdir, spec.config.to_dict(), resume_step)
+                    record = json.loads(spec.config_json)
+                    sinks = make_sinks(spec.train, self.workdir, record, resume_step)
                     copy_tokenizer_to_workdir(spec.data, self.workdir, self.log)
                 self.hooks = self._attach(ckpt, fingerprint, sinks)
                 try:
@@ -190,13 +213,14 @@ class Trainer:
             self._signals = signals
             try:
                 for si in range(first, last + 1):
-                    ctx = build_stage(spec, si, self.stage_starts[si])
+                    ctx = self.stage_context(si)
                     state, data_state = enter_stage(
                         ctx,
                         ckpt,
                         resume=resume if si == first else None,
                         prev_state=state,
                         log=self.log if self.primary else None,
+                        strict=self.strict,
                     )
                     end = self._run_stage(ctx, state, data_state)
                     if end.preempted:
@@ -215,30 +239,26 @@ class Trainer:
     def _run_stage(self, ctx: StageContext, state: dict, data_state: dict | None) -> StageInfo:
         """Steps stage `ctx` from `state` to its end (or a stop request), firing the events."""
         st = ctx.stage
-        step_fn = stage_step_fn(self.spec.train, st, ctx.mdef, ctx.optimizer, ctx.start)
+        step_fn = stage_step_fn(
+            self.spec.train, st, ctx.mdef, ctx.optimizer, ctx.start, loss_fn=self.loss_fn
+        )
         jitted = jit_train_step(
             step_fn, ctx.shardings, batch_shardings(ctx.mesh, st.batch_size, st.seq_len), ctx.mesh
         )
         data = make_data_iterator(self.spec, st, ctx.mesh, ctx.mdef.config)
         if data_state is not None:
             data.set_state(data_state)
-        step = int(jax.device_get(state["step"]))
-        self.hooks.fire("stage_start", StageInfo(ctx, step, state, data))
         self._stop_reason = None
-        while step < ctx.end and self._stop_reason is None:
-            state, metrics = jitted(state, next(data))
-            step += 1
-            self.hooks.fire("step", StepInfo(ctx, step, state, metrics, data))
-        end = StageInfo(
+        return run_loop(
             ctx,
-            step,
             state,
             data,
-            preempted=self._stop_reason is not None,
-            last_metrics=dict(self.metrics.last),
+            jitted,
+            self.hooks,
+            step=int(jax.device_get(state["step"])),
+            stop=lambda: self._stop_reason is not None,
+            last_metrics=lambda: dict(self.metrics.last),
         )
-        self.hooks.fire("stage_end", end)
-        return end
 
 
 def train(
@@ -247,7 +267,10 @@ def train(
     *,
     max_steps: int | None = None,
     log: Callable[[str], None] | None = None,
+    strict: bool = False,
+    loss_fn: LossFn = lm_loss,
 ) -> TrainResult:
-    """Parses, validates (before any compute) and runs `config` in `workdir`."""
+    """Parses `config` (once, before any compute; see `parse_run`) and runs it in `workdir`."""
     spec = parse_run(config)
-    return Trainer(spec, workdir, log=log, max_steps=max_steps).run()
+    trainer = Trainer(spec, workdir, loss_fn=loss_fn, log=log, max_steps=max_steps, strict=strict)
+    return trainer.run()

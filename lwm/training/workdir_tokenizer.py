@@ -11,19 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
+from lwm.data.config import DataConfig
 from lwm.io import write_bytes
 
 TOKENIZER_FILE = "tokenizer.model"
 
 
-def dataset_tokenizer(data: Mapping[str, Any]) -> pathlib.Path | None:
+def dataset_tokenizer(data: DataConfig) -> pathlib.Path | None:
     """The tokenizer a `data.path` dataset was built with, or None (synthetic data, or none)."""
-    if data.get("source", "dataset") != "dataset" or not data.get("path"):
+    if data.source != "dataset" or not data.path:
         return None
-    root = pathlib.Path(str(data["path"])).expanduser()
+    root = pathlib.Path(data.path).expanduser()
     if (root / TOKENIZER_FILE).is_file():
         return root / TOKENIZER_FILE
     try:  # datasets built before the copy: the recorded path, if it still has the same bytes
@@ -39,7 +39,7 @@ def dataset_tokenizer(data: Mapping[str, Any]) -> pathlib.Path | None:
 
 
 def copy_tokenizer_to_workdir(
-    data: Mapping[str, Any], workdir: pathlib.Path, log: Callable[[str], None]
+    data: DataConfig, workdir: pathlib.Path, log: Callable[[str], None]
 ) -> None:
     src = dataset_tokenizer(data)
     dst = pathlib.Path(workdir) / TOKENIZER_FILE

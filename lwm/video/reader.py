@@ -33,7 +33,6 @@ import av
 import numpy as np
 
 from lwm.errors import LwmError
-from lwm.video import policy
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset(
@@ -158,15 +157,14 @@ def read_frames(
     start: float | None = None,
     end: float | None = None,
     size: int | None = 256,
-    allow_short: bool | None = None,
+    allow_short: bool = False,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Yields (timestamp_seconds, uint8 [size, size, 3]) for the selected frames, streaming.
 
     Arguments are validated and the file is opened before the first frame is requested, so a
     bad file or selection fails at the call. A truncated file fails when the iteration reaches
-    its end, unless `allow_short` (None: `lwm.video.policy.allow_short_default`, `--allow-short`).
+    its end, unless `allow_short` (the CLI's `--allow-short`, passed down by each command).
     """
-    allow_short = policy.allow_short_default if allow_short is None else allow_short
     path = str(path)
     if frames is not None and fps is not None:
         raise LwmError("choose at most one of frames=N and fps=F")

@@ -91,11 +91,13 @@ def tokenize_video(
     eov_id: int = 8193,
     progress: Callable[[int], None] | None = None,
     lwm_pick: bool = False,
+    allow_short: bool = False,
 ) -> TokenizedVideo:
     """Streams the selected frames of `path` through `encode_fn` (uint8 [B, r, r, 3] -> codes
     [B, h, w], e.g. `make_encode_fn(vqgan)`) in fixed-size batches (the last one padded, so one
     compile serves every video). Memory: one batch of frames plus 4 bytes per output token.
-    `lwm_pick`: `frames=N` takes LWM's frame indices (`lwm.video.frame_pick`).
+    `lwm_pick`: `frames=N` takes LWM's frame indices (`lwm.video.frame_pick`). `allow_short`:
+    a truncated video is a warning, not an error (`--allow-short`, see `read_frames`).
     """
     if batch_size < 1:
         raise LwmError(f"batch_size must be >= 1, got {batch_size}")
@@ -106,7 +108,15 @@ def tokenize_video(
 
         stream = read_lwm_frames(path, frames, size=resolution)
     else:
-        stream = read_frames(path, frames=frames, fps=fps, start=start, end=end, size=resolution)
+        stream = read_frames(
+            path,
+            frames=frames,
+            fps=fps,
+            start=start,
+            end=end,
+            size=resolution,
+            allow_short=allow_short,
+        )
     chunks: list[np.ndarray] = []
     timestamps: list[float] = []
     pending = None  # (device result, n valid): encode of batch k overlaps decoding of batch k+1

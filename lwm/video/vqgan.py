@@ -199,7 +199,7 @@ class VQGAN(nnx.Module):
         self.post_quant_conv = _conv(cfg.embed_dim, cfg.embed_dim, 1, rngs, dt)
         self.decoder = Decoder(cfg, rngs=rngs)
 
-    def _check_frames(self, frames: jax.Array) -> None:
+    def check_frames(self, frames: jax.Array) -> None:
         r, c = self.cfg.resolution, self.cfg.in_channels
         if frames.ndim != 4 or tuple(frames.shape[1:]) != (r, r, c):
             raise LwmError(
@@ -209,7 +209,7 @@ class VQGAN(nnx.Module):
 
     def encode_latents(self, frames_bhwc: jax.Array) -> jax.Array:
         """Continuous pre-quantization latents [B, h, w, D]."""
-        self._check_frames(frames_bhwc)
+        self.check_frames(frames_bhwc)
         return self.quant_conv(self.encoder(to_model_range(frames_bhwc)))
 
     def encode(self, frames_bhwc: jax.Array) -> jax.Array:
@@ -286,7 +286,7 @@ def make_encode_fn(model: VQGAN):
     graphdef, state = nnx.split(model)
 
     def fn(frames):
-        model._check_frames(frames)
+        model.check_frames(frames)
         return _encode_pure(graphdef, state, frames)
 
     return fn

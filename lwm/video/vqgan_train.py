@@ -3,8 +3,10 @@
 `train_vqgan(vqgan_cfg, train_cfg, data_cfg, workdir)` trains on frames of videos/images, writes
 `<workdir>/checkpoints/` (the project `Checkpointer`), `<workdir>/metrics.jsonl` (one JSON object
 per log/eval line) and `<workdir>/samples/step_<N>.png` (held-out originals above their
-reconstructions). Running again on the same workdir resumes from the latest checkpoint; the batch
-of each step depends only on (seed, step), so a resumed run matches an uninterrupted one.
+reconstructions). It runs on the LM trainer's step loop and hook events (`lwm.training.loop`),
+with its own hooks (`lwm.video.vqgan_hooks`). Running again on the same workdir resumes from the
+latest checkpoint; the batch of each step depends only on (seed, step), so a resumed run matches
+an uninterrupted one.
 SIGTERM / SIGINT end the loop after the current step with an eval and a checkpoint of that step,
 then `VQGANInterrupted` (`lwm vqgan train` exits 75, as `lwm train` does).
 """
@@ -13,11 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import pathlib
-import sys
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +28,8 @@ from flax import nnx
 from lwm.checkpoint import Checkpointer
 from lwm.config import parse_section
 from lwm.errors import ConfigError, LwmError
+from lwm.training.hooks import Hooks
+from lwm.training.loop import run_loop
 from lwm.training.signals import Interrupted, StopRequest
 from lwm.video.config import VQGANConfig
 from lwm.video.frame_data import FrameBank, load_frame_bank
@@ -41,6 +41,7 @@ from lwm.video.vqgan_checkpoint import (
     state_tree,
     vqgan_metadata,
 )
+from lwm.video.vqgan_hooks import FrameBatches, VQGANHooks, VQGANStage
 from lwm.video.vqgan_losses import (
     PatchDiscriminator,
     generator_adv_loss,
@@ -219,21 +220,6 @@ def evaluate(model: VQGAN, frames: np.ndarray, *, batch_size: int = 32) -> dict[
     }
 
 
-def save_grid(path: pathlib.Path, originals: np.ndarray, recons: np.ndarray) -> None:
-    """PNG with originals on the top row and their reconstructions below (2 px gaps)."""
-    from PIL import Image
-
-    n, h, w, _ = originals.shape
-    gap = 2
-    grid = np.full((2 * h + gap, n * (w + gap) - gap, 3), 255, np.uint8)
-    for i in range(n):
-        x0 = i * (w + gap)
-        grid[:h, x0 : x0 + w] = originals[i]
-        grid[h + gap :, x0 : x0 + w] = recons[i]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
-
-
 @functools.lru_cache(maxsize=8)
 def _cached_tx(cfg: VQGANTrainConfig) -> optax.GradientTransformation:
     # One tx object per config: the optimizer's static graph then compares equal across runs,
@@ -303,8 +289,6 @@ def train_vqgan(
     (tests); `stop_after` ends the run early at that step (simulates an interruption);
     `max_seconds` ends it (with an eval and a checkpoint) once that much time has passed.
     `mesh`: data parallelism over all its devices (params replicated, batch split)."""
-    from tqdm import tqdm
-
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if bank is None:
@@ -319,101 +303,79 @@ def train_vqgan(
         raise LwmError(f"frames {bank.train.shape[1:]} do not match resolution {vcfg.resolution}")
     run = _Run(vcfg, tcfg)
     ckpt = Checkpointer(workdir / "checkpoints", keep=tcfg.keep, async_save=True)
-    start = 0
     try:
-        latest = ckpt.latest_step()
-        if latest is not None:
-            meta = ckpt.metadata(latest)
-            saved = config_from_metadata(meta, str(workdir))
-            if saved != vcfg:
-                raise LwmError(
-                    f"{workdir}: holds a VQGAN of preset {saved.name!r} that differs from the "
-                    f"config ({vcfg.name!r}); use a new workdir"
-                )
-            if bool(meta.get("train", {}).get("gan")) != tcfg.gan:
-                raise LwmError(f"{workdir}: checkpoint and config disagree on train.gan")
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.state())
-            tree, meta, _ = ckpt.restore(latest, abstract_state=abstract)
-            run.load(tree)
-            start = int(meta["step"])
+        start = _resume(run, ckpt, vcfg, tcfg, workdir)
         step_fn = make_train_step(tcfg)
         put = _placement(run, mesh, tcfg.batch_size)
-        metrics_path = workdir / "metrics.jsonl"
-        last: dict[str, float] = {}
-        end = tcfg.steps if stop_after is None else min(tcfg.steps, stop_after)
         grid_src = bank.eval if len(bank.eval) else bank.train
         grid_src = grid_src[np.linspace(0, len(grid_src) - 1, tcfg.grid_frames).astype(int)]
-        bar = tqdm(
-            total=tcfg.steps,
-            initial=start,
-            unit="step",
-            disable=not show_progress,
-            file=sys.stderr,
-        )
-        t_last, s_last = time.perf_counter(), start
-        t_start = t_last
-        stopped_at = None
-        with open(metrics_path, "a") as mf, StopRequest() as stop:
-            for step in range(start, end):
-                frames = bank.batch(tcfg.seed, step, tcfg.batch_size, flip=dcfg.flip)
-                key = jax.random.fold_in(jax.random.key(tcfg.seed + 1), step)
-                m = step_fn(
-                    run.model,
-                    run.opt,
-                    run.disc,
-                    run.disc_opt,
-                    put(frames),
-                    key,
-                    jnp.asarray(step),
-                )
-                done = step + 1
-                bar.update(1)
-                if stop.requested and done < end:
-                    stopped_at = done
-                is_last = (
-                    done == end
-                    or stopped_at is not None
-                    or (max_seconds is not None and time.perf_counter() - t_start > max_seconds)
-                )
-                if done % tcfg.log_every == 0 or is_last:
-                    last = {k: float(v) for k, v in m.items()}
-                    now = time.perf_counter()
-                    last["steps_per_s"] = (done - s_last) / max(now - t_last, 1e-9)
-                    t_last, s_last = now, done
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{last['psnr']:.2f}")
-                    if not all(math.isfinite(v) for v in last.values()):
-                        raise LwmError(f"step {done}: non-finite metrics {last}")
-                if done % tcfg.eval_every == 0 or is_last:
-                    ev = evaluate(run.model, bank.eval)
-                    last.update(ev)
-                    recon = np.asarray(
-                        make_decode_fn(run.model)(make_encode_fn(run.model)(grid_src))
-                    )
-                    save_grid(workdir / "samples" / f"step_{done:07d}.png", grid_src, recon)
-                    bar.write(
-                        f"step {done}: " + " ".join(f"{k}={v:.4g}" for k, v in ev.items()),
-                        file=sys.stderr,
-                    )
-                if done % tcfg.log_every == 0 or done % tcfg.eval_every == 0 or is_last:
-                    mf.write(json.dumps({"step": done, **last}) + "\n")
-                    mf.flush()
-                if done % tcfg.save_every == 0 or is_last:
-                    ckpt.save(
-                        done,
-                        run.state(),
-                        metadata=vqgan_metadata(
-                            vcfg,
-                            train=dataclasses.asdict(tcfg),
-                            step=done,
-                            data={"paths": list(dcfg.paths)},
-                        ),
-                        force=True,
-                    )
-                if is_last:
-                    break
-        bar.close()
+
+        def step(run: _Run, batch: tuple[int, np.ndarray]) -> tuple[_Run, dict]:
+            at, frames = batch
+            key = jax.random.fold_in(jax.random.key(tcfg.seed + 1), at)
+            frames = put(frames)
+            m = step_fn(run.model, run.opt, run.disc, run.disc_opt, frames, key, jnp.asarray(at))
+            return run, m
+
+        def held_out() -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+            recon = make_decode_fn(run.model)(make_encode_fn(run.model)(grid_src))
+            return evaluate(run.model, bank.eval), grid_src, np.asarray(recon)
+
+        def metadata(at: int) -> dict:
+            train, data = dataclasses.asdict(tcfg), {"paths": list(dcfg.paths)}
+            return vqgan_metadata(vcfg, train=train, step=at, data=data)
+
+        end = tcfg.steps if stop_after is None else min(tcfg.steps, stop_after)
+        with open(workdir / "metrics.jsonl", "a") as mf, StopRequest() as stop:
+            vq = VQGANHooks(
+                tcfg,
+                workdir=workdir,
+                metrics_file=mf,
+                ckpt=ckpt,
+                metadata=metadata,
+                state=run.state,
+                evaluate=held_out,
+                stop_requested=lambda: stop.requested,
+                max_seconds=max_seconds,
+                show_progress=show_progress,
+            )
+            hooks = Hooks()
+            vq.attach(hooks)
+            batches = FrameBatches(bank, tcfg.seed, tcfg.batch_size, dcfg.flip, start)
+            run_loop(
+                VQGANStage(start, end),
+                run,
+                batches,
+                step,
+                hooks,
+                step=start,
+                stop=lambda: vq.stopping,
+            )
     finally:
         ckpt.close()  # waits for the last save
-    if stopped_at is not None:
-        raise VQGANInterrupted(stopped_at, stop.name)
-    return last
+    if vq.stopped_at is not None:
+        raise VQGANInterrupted(vq.stopped_at, stop.name)
+    return vq.last
+
+
+def _resume(
+    run: _Run, ckpt: Checkpointer, vcfg: VQGANConfig, tcfg: VQGANTrainConfig, workdir
+) -> int:
+    """Loads the workdir's latest checkpoint into `run` (refusing another preset or GAN
+    setting); returns the step to continue from (0: a fresh run)."""
+    latest = ckpt.latest_step()
+    if latest is None:
+        return 0
+    meta = ckpt.metadata(latest)
+    saved = config_from_metadata(meta, str(workdir))
+    if saved != vcfg:
+        raise LwmError(
+            f"{workdir}: holds a VQGAN of preset {saved.name!r} that differs from the "
+            f"config ({vcfg.name!r}); use a new workdir"
+        )
+    if bool(meta.get("train", {}).get("gan")) != tcfg.gan:
+        raise LwmError(f"{workdir}: checkpoint and config disagree on train.gan")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.state())
+    tree, meta, _ = ckpt.restore(latest, abstract_state=abstract)
+    run.load(tree)
+    return int(meta["step"])

@@ -1,4 +1,5 @@
-"""Fused flash-attention block kernels in Pallas: one forward, a dQ and a dK/dV backward kernel.
+"""The Pallas kernel bodies of fused flash attention: one forward, a dQ and a dK/dV backward kernel,
+with their static description (`BlockSizes`, `KernelSpec`) and the caller-side work ranges.
 
 One kernel body per pass, lowered by Pallas to Triton on GPU, Mosaic on TPU, and run by the Pallas
 interpreter on CPU (tests). Layout is head-major, so every block is a `[rows, head_dim]` tile:
@@ -34,7 +35,7 @@ tiles with 4-8 warps. If the device check shows Triton short of its cuDNN goal, 
 forward for Hopper is the next step (jax.experimental.pallas.ops.gpu.attention_mgpu shows how).
 
 The pallas_call wrappers (grids, index maps, compiler parameters) and `merge` are in
-lwm/attention/flash_call.py.
+lwm/attention/pallas/calls.py; the custom-VJP op and the xla/pallas dispatch in pallas/ops.py.
 
 Why dQ and dK/dV are separate kernels (as the reference ringattention TPU kernel): one fused kernel
 would either write dQ from many programs (atomics; none in Pallas-Triton or Mosaic) or recompute

@@ -1,7 +1,7 @@
-"""`pallas_call` wrappers of the flash kernels (lwm/attention/flash.py): grids, BlockSpecs (GQA by
+"""The `pallas_call` wrappers of the kernel bodies (pallas/kernels.py): grids, BlockSpecs (GQA by
 the kv-head index map), per-backend compiler parameters, and the (out, lse) merge of two calls.
 
-Shapes are those of lwm/attention/flash.py's docstring (head-major, fp32 statistics).
+Shapes are those of pallas/kernels.py's docstring (head-major, fp32 statistics).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from lwm.attention.flash import (
+from lwm.attention.pallas.kernels import (
     KernelSpec,
     block_ranges,
     dkdv_kernel,

@@ -1,4 +1,6 @@
-"""The Pallas kernels (lwm/attention/flash.py) behind `blockwise` and `ring` attention.
+"""The Pallas attention ops behind `blockwise` and `ring`: which kernel runs (`attention.kernel`
+resolved per backend and shape), the single-device custom-VJP op, and the layout helpers the ring's
+Pallas step shares (pallas/kernels.py holds the kernel bodies, pallas/calls.py their pallas_calls).
 
 `attention.kernel` picks the implementation of both backends: `xla` (the einsum/scan code of
 blockwise.py), `pallas` (these kernels), or `auto`: pallas on GPU/TPU, xla on CPU, where Pallas only
@@ -15,11 +17,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lwm.attention.flash import DEFAULT_BLOCKS, BlockSizes, KernelSpec, fit_block, platform
-from lwm.attention.flash_call import flash_backward, flash_forward
+from lwm.attention.config import KERNELS
+from lwm.attention.pallas.calls import flash_backward, flash_forward
+from lwm.attention.pallas.kernels import (
+    DEFAULT_BLOCKS,
+    BlockSizes,
+    KernelSpec,
+    fit_block,
+    platform,
+)
 from lwm.errors import ConfigError
-
-KERNELS = ("auto", "xla", "pallas")
 
 
 def resolve_kernel(kernel: str, backend: str | None = None) -> str:
@@ -141,7 +148,8 @@ def rows_major(x_bnth: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, pos, seg, spec: KernelSpec):
+def flash_attention_core(q, k, v, pos, seg, spec: KernelSpec):
+    """The fused attention op on head-major [B, N, T, H] inputs, one `pos` for queries and keys."""
     return _flash_fwd(q, k, v, pos, seg, spec)[0]
 
 
@@ -157,7 +165,7 @@ def _flash_bwd(spec, res, do):
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
-_flash.defvjp(_flash_fwd, _flash_bwd)
+flash_attention_core.defvjp(_flash_fwd, _flash_bwd)
 
 
 def row_delta(do_bnth: jax.Array, o_bnth: jax.Array) -> jax.Array:
@@ -192,4 +200,4 @@ def flash_attention(
     )
     pos = positions(jnp.arange(t), causal_block_size if causal else None)
     q, k, v = heads_major(q_btnh), heads_major(k_btkh), heads_major(v_btkh)
-    return rows_major(_flash(q, k, v, pos, segments(segment_ids_bt), spec))
+    return rows_major(flash_attention_core(q, k, v, pos, segments(segment_ids_bt), spec))

@@ -13,30 +13,22 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lwm.attention import AttentionOp
-from lwm.attention.cached import LayerCache, attend_cached
-from lwm.layers.params import normal_param
+from lwm.attention.cached import attend_cached
+from lwm.cache.slots import LayerCache
+from lwm.dtypes import to_dtype
+from lwm.layers.params import normal_param, zeros_param
 from lwm.layers.rotary import apply_rope
+from lwm.models.config import ModelConfig
 from lwm.sharding import with_logical_constraint
 
 
 class Attention(nnx.Module):
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        num_kv_heads: int,
-        head_dim: int,
-        op: AttentionOp,
-        *,
-        rope_theta: float,
-        rngs: nnx.Rngs,
-        stddev: float,
-        param_dtype,
-        dtype,
-        mesh=None,
-    ):
-        d, n, k, h = hidden_size, num_heads, num_kv_heads, head_dim
-        pd, std = param_dtype, stddev
+    """Self-attention of a model `cfg` (a family's variant is in its config: q/k/v biases with
+    `attention_bias`, the RoPE frequencies with `rope_scaling`); `op` computes the attention."""
+
+    def __init__(self, cfg: ModelConfig, op: AttentionOp, *, rngs: nnx.Rngs, mesh=None):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        pd, std = to_dtype(cfg.param_dtype), cfg.initializer_range
         self.wq = normal_param(
             rngs, (d, n, h), ("embed", "heads", "head_dim"), stddev=std, dtype=pd
         )
@@ -49,21 +41,34 @@ class Attention(nnx.Module):
         self.wo = normal_param(
             rngs, (n, h, d), ("heads", "head_dim", "embed"), stddev=std, dtype=pd
         )
+        if cfg.attention_bias:
+            self.bq = zeros_param((n, h), ("heads", "head_dim"), dtype=pd)
+            self.bk = zeros_param((k, h), ("kv_heads", "head_dim"), dtype=pd)
+            self.bv = zeros_param((k, h), ("kv_heads", "head_dim"), dtype=pd)
+        else:
+            self.bq = self.bk = self.bv = None
         self.op = op
-        self.rope_theta = rope_theta
-        self.dtype = dtype
+        self.rope_theta = cfg.rope_theta
+        self.rope_scaling = cfg.rope_scaling
+        self.dtype = to_dtype(cfg.dtype)
         self.mesh = mesh
+
+    def project(self, x_btd: jax.Array, w: nnx.Param, b: nnx.Param | None) -> jax.Array:
+        """`x @ w (+ b)`: `[B, T, D]` -> `[B, T, heads, H]` in the compute dtype."""
+        y_btnh = jnp.einsum("btd,dnh->btnh", x_btd, w[...].astype(self.dtype))
+        return y_btnh if b is None else y_btnh + b[...].astype(self.dtype)
 
     def project_qkv(
         self, x_btd: jax.Array, positions_bt: jax.Array
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Queries `[B,T,N,H]`, keys and values `[B,T,K,H]`, RoPE applied to q and k."""
         x_btd = x_btd.astype(self.dtype)
-        q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.wq[...].astype(self.dtype))
-        k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.wk[...].astype(self.dtype))
-        v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.wv[...].astype(self.dtype))
-        q_btnh = apply_rope(q_btnh, positions_bt, theta=self.rope_theta)
-        k_btkh = apply_rope(k_btkh, positions_bt, theta=self.rope_theta)
+        q_btnh = self.project(x_btd, self.wq, self.bq)
+        k_btkh = self.project(x_btd, self.wk, self.bk)
+        v_btkh = self.project(x_btd, self.wv, self.bv)
+        rope = dict(theta=self.rope_theta, scaling=self.rope_scaling)
+        q_btnh = apply_rope(q_btnh, positions_bt, **rope)
+        k_btkh = apply_rope(k_btkh, positions_bt, **rope)
         q_btnh = with_logical_constraint(
             q_btnh, ("batch", "length", "act_heads", "head_dim"), self.mesh
         )
