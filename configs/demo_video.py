@@ -30,8 +30,8 @@ def get_config():
     m.num_layers = 4
     m.num_heads = 4
     m.num_kv_heads = 4
-    # 16-wide heads: what the measured video demo (README) ran with, when base_config still leaked
-    # the debug preset's head size into derived configs; kept so its numbers reproduce.
+    # 16-wide heads: what the measured video demo (docs/demo.md) ran with, when base_config still
+    # leaked the debug preset's head size into derived configs; kept so its numbers reproduce.
     m.head_dim = 16
     m.rope_theta = 10_000.0
     m.max_sequence_length = 256

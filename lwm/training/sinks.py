@@ -88,8 +88,13 @@ class TensorBoardSink:
     def __init__(self, logdir: pathlib.Path, resume_step: int):
         from tensorboardX import SummaryWriter
 
+        # tensorboardX names event files by the second and the host: a writer opened in the same
+        # second as the previous one (a quick restart) would overwrite its file, losing the steps
+        # before the restart. A random suffix keeps every writer's file.
         self._writer = SummaryWriter(
-            logdir=str(logdir), purge_step=resume_step + 1 if resume_step else None
+            logdir=str(logdir),
+            purge_step=resume_step + 1 if resume_step else None,
+            filename_suffix=f".{secrets.token_hex(4)}",
         )
 
     def write(self, record: Mapping[str, Any]) -> None:
