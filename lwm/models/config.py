@@ -20,7 +20,6 @@ from lwm.layers.mlp import check_ffn_chunk
 from lwm.layers.rope_scaling import RopeScaling
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
-OutputMode = Literal["text", "vision", "both"]
 LEGACY_FFN_KEY = "ffn_chunk_size"
 """`ffn_chunk_size` lived in the `attention` section before it moved to the model."""
 
