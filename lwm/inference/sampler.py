@@ -30,7 +30,7 @@ from lwm.attention.cached import check_cache
 from lwm.cache.kv_cache import KVCache, bucket, grow, init_cache, repeat_rows
 from lwm.cache.slots import CacheSlots
 from lwm.errors import LwmError
-from lwm.inference.sampling import GREEDY, SamplingConfig, sample_logits
+from lwm.inference.sampling import GREEDY, EosIds, SamplingConfig, eos_set, sample_logits
 from lwm.models.transformer import Transformer
 
 StreamFn = Callable[[int, np.ndarray], None]
@@ -293,15 +293,17 @@ class Sampler:
         seed: int = 0,
         forced: np.ndarray | None = None,
         scales: np.ndarray | None = None,
-        eos_id: int | None = None,
+        eos_id: EosIds = None,
         stream: StreamFn | None = None,
         return_logits: bool = False,
     ) -> Generation:
         """Generates `steps` tokens after the prefilled `length` slots.
 
         `forced[i, b] >= 0` replaces row b's i-th token (end-of-frame codes); `scales[i]` is the
-        guidance scale of step i. Stops early once every row has produced `eos_id`.
+        guidance scale of step i. Stops early once every row has produced one of `eos_id` (an id
+        or several: Llama-3 stops on `<|eot_id|>` and `<|end_of_text|>`).
         """
+        stops = eos_set(eos_id)
         b = cache.batch
         head = self._head_fn(mode, sampling)
         step_fn = self.step_fn(mode, sampling)
@@ -328,8 +330,8 @@ class Sampler:
                 out_logits.append(np.asarray(lg))
             if stream is not None:
                 stream(len(out_tokens) - 1, t)
-            if eos_id is not None:
-                done[:] |= t == eos_id
+            if stops:
+                done[:] |= np.isin(t, stops)
 
         forced_dev = jnp.asarray(forced, jnp.int32)
         scales_dev = jnp.asarray(scales, jnp.float32)
@@ -391,13 +393,14 @@ class Sampler:
             raise LwmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         return max(1, min(max_new_tokens, self.config.max_sequence_length - shortest))
 
-    def _cut(self, gen: Generation, lengths: Sequence[int], eos_id: int | None) -> list[list[int]]:
-        """Per-row tokens, cut after EOS and at max_sequence_length."""
-        out = []
+    def _cut(self, gen: Generation, lengths: Sequence[int], eos_id: EosIds) -> list[list[int]]:
+        """Per-row tokens, cut after the first EOS and at max_sequence_length."""
+        stops, out = eos_set(eos_id), []
         for row, n in zip(gen.tokens.tolist(), lengths):
             row = row[: max(0, self.config.max_sequence_length - n)]
-            if eos_id is not None and eos_id in row:
-                row = row[: row.index(eos_id) + 1]
+            ends = [i for i, t in enumerate(row) if t in stops]
+            if ends:
+                row = row[: ends[0] + 1]
             out.append(row)
         return out
 
@@ -407,7 +410,7 @@ class Sampler:
         *,
         max_new_tokens: int,
         sampling: SamplingConfig = GREEDY,
-        eos_id: int | None = None,
+        eos_id: EosIds = None,
         seed: int = 0,
         vision_masks: Sequence[Sequence[bool]] | None = None,
         truncate: bool = False,
@@ -464,7 +467,7 @@ class Sampler:
         *,
         max_new_tokens: int,
         sampling: SamplingConfig = GREEDY,
-        eos_id: int | None = None,
+        eos_id: EosIds = None,
         seed: int = 0,
         stream: StreamFn | None = None,
     ) -> list[list[int]]:

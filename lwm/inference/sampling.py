@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lwm.errors import LwmError
 
@@ -63,3 +65,16 @@ def sample_logits(logits_bv: jax.Array, key: jax.Array, cfg: SamplingConfig) -> 
         return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
     logits_bv = filter_logits(logits_bv, top_k=cfg.top_k, top_p=cfg.top_p)
     return jax.random.categorical(key, logits_bv / cfg.temperature, axis=-1).astype(jnp.int32)
+
+
+EosIds = int | Sequence[int] | None
+"""Where generation stops: no id, one id, or several (Llama-3: `<|eot_id|>`, `<|end_of_text|>`)."""
+
+
+def eos_set(eos_id: EosIds) -> frozenset[int]:
+    """The stop ids of an `EosIds` as a set (empty: never stop early)."""
+    if eos_id is None:
+        return frozenset()
+    if isinstance(eos_id, int | np.integer):
+        return frozenset((int(eos_id),))
+    return frozenset(int(i) for i in eos_id)
