@@ -78,7 +78,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from lwm.data.tokenizer import Tokenizer, train_tokenizer
+    from lwm.data.tokenizer import load_tokenizer, train_tokenizer
     from lwm.inference.prompts import LWM_TEMPLATE, lwm_vision_chat_prompt
     from lwm.inference.sampler import Sampler
     from lwm.models.config import ModelConfig
@@ -153,7 +153,9 @@ def main() -> None:
     words = "you are a helpful assistant user what happens in the video vision frame".split()
     corpus.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(300)) + "\n")
     tok_path = work / "tok.model"
-    tok = Tokenizer(tok_path) if tok_path.exists() else train_tokenizer([corpus], 300, tok_path)
+    tok = (
+        load_tokenizer(tok_path) if tok_path.exists() else train_tokenizer([corpus], 300, tok_path)
+    )
     question = "What happens in the video?"
     tokens, mask = lwm_vision_chat_prompt(tok, LWM_TEMPLATE, question, tv.tokens.tolist())
     total = len(tokens)

@@ -468,7 +468,7 @@ def test_generate_says_when_max_new_tokens_is_cut(two_step_models, capsys):
     )
 
 
-def test_from_hf_refuses_top_level_linear_rope_scaling(tmp_path, capsys):
+def test_from_hf_refuses_disagreeing_rope_spellings(tmp_path, capsys):
     hf = tmp_path / "hf"
     hf.mkdir()
     config = {
@@ -487,7 +487,13 @@ def test_from_hf_refuses_top_level_linear_rope_scaling(tmp_path, capsys):
     (hf / "config.json").write_text(json.dumps(config))
     before = digest(tmp_path)
     rc = main(["convert", "from-hf", str(hf), str(tmp_path / "out")])
-    one_line_error(capsys, 2, rc, "unsupported RoPE scaling rope_scaling.type='linear'")
+    one_line_error(
+        capsys,
+        2,
+        rc,
+        "config.json's RoPE spellings disagree (rope_parameters: plain RoPE, theta 10000; "
+        "rope_scaling: linear x4, theta 10000)",
+    )
     assert digest(tmp_path) == before
 
 
@@ -613,13 +619,13 @@ def _truncated_mp4(path: pathlib.Path) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def vision_assets(tmp_path_factory, text_assets):
     from lwm.checkpoint import Checkpointer
-    from lwm.data.tokenizer import Tokenizer
+    from lwm.data.tokenizer import load_tokenizer
     from lwm.video.config import VQGANConfig
     from lwm.video.vqgan import VQGAN
     from lwm.video.vqgan_checkpoint import state_tree, vqgan_metadata
 
     root = tmp_path_factory.mktemp("vision")
-    tok = Tokenizer(text_assets["tok"])
+    tok = load_tokenizer(text_assets["tok"])
     cfg = TINY.replace(
         vocab_size=tok.vocab_size,
         max_sequence_length=1024,

@@ -65,13 +65,13 @@ def test_eval_questions_do_not_depend_on_the_seed(text_data):
     numbers, depth), same question and expected answer; only the tokenizer that measures the
     haystack differs. No training task of either seed is an eval sample."""
     from lwm.data.needles import Haystack
-    from lwm.data.tokenizer import Tokenizer
+    from lwm.data.tokenizer import load_tokenizer
     from lwm.demo.pipeline import eval_sample_seeds, eval_specs
     from lwm.evals.needle import grid_jobs, make_task, sample_seed
 
     def questions(seed, paths):
         d = _text_config(seed).demo
-        tok = Tokenizer(paths.data / "tokenizer.model")
+        tok = load_tokenizer(paths.data / "tokenizer.model")
         out = []
         for name, (spec, lengths, depths, samples) in eval_specs(d).items():
             for job in grid_jobs(lengths, depths, samples):
@@ -171,9 +171,9 @@ def test_training_tasks_skip_excluded_seeds(text_data, monkeypatch):
     """`needle_records(exclude_seeds=...)` never builds a task from an excluded seed (the demo
     passes the eval's sample seeds)."""
     import lwm.demo.data as demo_data
-    from lwm.data.tokenizer import Tokenizer
+    from lwm.data.tokenizer import load_tokenizer
 
-    tok = Tokenizer(text_data["a"][0].data / "tokenizer.model")
+    tok = load_tokenizer(text_data["a"][0].data / "tokenizer.model")
     real, seen = demo_data.make_needle_task, []
 
     def spy(*args, **kw):

@@ -88,7 +88,7 @@ def test_training_prompt_matches_eval_prompt(demo_run):
     task token for token (vision mask too), then the answer and EOS, trained on those only."""
     from lwm.config import load_config
     from lwm.data.loader import open_source
-    from lwm.data.tokenizer import Tokenizer
+    from lwm.data.tokenizer import load_tokenizer
     from lwm.demo.video_pipeline import eval_seeds, needle_spec, training_jobs
     from lwm.evals.needle import sample_seed
     from lwm.evals.video_haystack import HaystackCodes
@@ -99,7 +99,7 @@ def test_training_prompt_matches_eval_prompt(demo_run):
     wd, clip = demo_run
     config = load_config("demo_video_smoke", [f"demo.clips=('{clip}',)"])
     d = config.demo
-    tok = Tokenizer(wd / "data" / "tokenizer.model")
+    tok = load_tokenizer(wd / "data" / "tokenizer.model")
     vqgan = load_vqgan(wd / "data" / "vqgan")
     assert d.haystack_augment  # the training haystack is the augmented pool, as in the pipeline
     spec = needle_spec(d, wd / "data" / "haystack_train", d.train_seed)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lwm.data.tokenizer import Tokenizer
+from lwm.data.tokenizer import load_tokenizer
 from lwm.inference.prompts import LWM_TEMPLATE, lwm_needle_prompt, lwm_vision_chat_prompt
 from lwm.video.frame_pick import lwm_frame_indices, read_lwm_frames
 from tests.test_inference_cli import assets  # noqa: F401  (the tiny vision model fixture)
@@ -26,7 +26,7 @@ ASSISTANT = [29871, 319, 1799, 9047, 13566, 29901]  # ▁ ▁A SS IST ANT :  (" 
 
 @pytest.fixture(scope="module")
 def llama2(llama2_tokenizer_path):
-    return Tokenizer(llama2_tokenizer_path)
+    return load_tokenizer(llama2_tokenizer_path)
 
 
 def test_vision_chat_prompt_is_lwms_token_for_token(llama2):
@@ -130,4 +130,4 @@ def test_chat_help_says_the_lwm_layout_cannot_share_the_video(capsys):
         main(["chat", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "question BEFORE the video" in text and "cannot be shared across questions" in text
-    assert "default: lwm's cached layout" in text
+    assert "else lwm's cached layout" in text and "'auto' (default)" in text

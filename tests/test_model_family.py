@@ -74,7 +74,7 @@ def test_a_registered_rope_kind_is_found_and_an_unknown_one_is_one_line():
         RopeScaling(kind="half")
 
     @register_rope_kind("half")
-    def half(inv_freq_f, scaling):
+    def half(inv_freq_f, scaling, theta):
         return inv_freq_f / 2
 
     try:
@@ -97,8 +97,8 @@ def test_config_reads_old_files_and_the_new_fields():
     new = cfg.replace(attention_bias=True, rope_scaling={"kind": "llama3", **LLAMA3})
     assert new.rope_scaling == RopeScaling(kind="llama3", **LLAMA3)
     assert ModelConfig.from_dict(new.to_dict()) == new
-    with pytest.raises(ConfigError, match="unknown RoPE scaling kind 'yarn'"):
-        ModelConfig.from_dict({**new.to_dict(), "rope_scaling": {"kind": "yarn"}})
+    with pytest.raises(ConfigError, match="unknown RoPE scaling kind 'dynamic'"):
+        ModelConfig.from_dict({**new.to_dict(), "rope_scaling": {"kind": "dynamic"}})
 
 
 def _lwm_from_hf(hf_model, cfg: ModelConfig) -> Transformer:
@@ -176,18 +176,28 @@ def test_llama3_rope_matches_transformers_llama():
 def test_hf_family_table_refuses_unregistered_families_in_one_line():
     from lwm.interop.hf_config import HF_FAMILIES, model_config_from_hf, model_config_to_hf
 
-    assert list(HF_FAMILIES) == ["llama"]
-    qwen = dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], attention_bias=True)
+    assert list(HF_FAMILIES) == ["llama", "qwen2", "mistral"]
+    gemma = dict(model_type="gemma", architectures=["GemmaForCausalLM"])
     message = (
-        "unsupported model: model_type='qwen2' architectures=['Qwen2ForCausalLM'] "
-        "(expected a LLaMA LlamaForCausalLM)"
+        "unsupported model: model_type='gemma' architectures=['GemmaForCausalLM'] "
+        "(expected a LLaMA LlamaForCausalLM, a Qwen2 Qwen2ForCausalLM, a Mistral "
+        "MistralForCausalLM)"
     )
     with pytest.raises(LwmError) as e:
-        model_config_from_hf(qwen)
+        model_config_from_hf(gemma)
     assert str(e.value) == message
-    with pytest.raises(LwmError, match="no HF model family represents this model"):
-        model_config_to_hf(_lwm_config(attention_bias=True))
+    assert model_config_to_hf(_lwm_config(attention_bias=True))["model_type"] == "qwen2"
     assert model_config_to_hf(_lwm_config())["architectures"] == ["LlamaForCausalLM"]
+
+    @register_rope_kind("half")
+    def half(inv_freq_f, scaling, theta):
+        return inv_freq_f / 2
+
+    try:  # a kind only lwm knows has no transformers spelling: no family writes it
+        with pytest.raises(LwmError, match="no HF model family represents this model"):
+            model_config_to_hf(_lwm_config(rope_scaling=RopeScaling(kind="half")))
+    finally:
+        del ROPE_KINDS["half"]
 
 
 def test_old_ffn_chunk_spelling_in_config_files_and_overrides():

@@ -115,10 +115,13 @@ def test_missing_tensor(hf_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "edit, expect",
     [
-        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "yarn"),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}},
+            "dynamic",
+        ),
         ({"attention_bias": True}, "attention_bias"),
         ({"hidden_act": "gelu"}, "hidden_act"),
-        ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "mistral"),
+        ({"model_type": "gemma", "architectures": ["GemmaForCausalLM"]}, "gemma"),
     ],
 )
 def test_unrepresentable_config(hf_dir, tmp_path, capsys, edit, expect):

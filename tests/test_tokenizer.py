@@ -7,7 +7,13 @@ import pytest
 
 from lwm.cli.main import main as lwm_main
 from lwm.data.synth import write_text_corpus
-from lwm.data.tokenizer import VISION_END, VISION_START, Tokenizer, train_tokenizer
+from lwm.data.tokenizer import (
+    VISION_END,
+    VISION_START,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
 from lwm.errors import LwmError
 
 
@@ -56,10 +62,10 @@ def test_vision_markers_are_single_pieces(tok):
 
 def test_bad_inputs(tmp_path, corpus, tok):
     with pytest.raises(LwmError, match="not found"):
-        Tokenizer(tmp_path / "missing.model")
+        load_tokenizer(tmp_path / "missing.model")
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(LwmError, match="not a sentencepiece model"):
-        Tokenizer(tmp_path / "junk.model")
+        load_tokenizer(tmp_path / "junk.model")
     with pytest.raises(LwmError, match="exists"):
         train_tokenizer([corpus], 600, tok.path)
     with pytest.raises(LwmError, match="too small"):
@@ -73,11 +79,11 @@ def test_cli_train_refuses_then_overwrites(corpus, tmp_path, capsys):
     assert lwm_main(args) == 2
     assert "exists" in capsys.readouterr().err
     assert lwm_main([*args, "--overwrite"]) == 0
-    assert Tokenizer(out).vocab_size == 500
+    assert load_tokenizer(out).vocab_size == 500
 
 
 def test_llama2_tokenizer(llama2_tokenizer_path):
-    tok = Tokenizer(llama2_tokenizer_path)
+    tok = load_tokenizer(llama2_tokenizer_path)
     assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (32000, 1, 2)
     # Reference ids of LLaMA-2's tokenizer (as published with the model).
     assert tok.encode("Hello world", bos=True) == [1, 15043, 3186]
@@ -86,3 +92,33 @@ def test_llama2_tokenizer(llama2_tokenizer_path):
     # LWM's vision markers are plain text for LLaMA-2: several pieces, round-tripping.
     ids = tok.encode(VISION_START)
     assert len(ids) > 1 and tok.decode(ids) == VISION_START
+
+
+def test_load_by_file_or_directory_and_save(tok, tmp_path):
+    from lwm.data.sentencepiece_tokenizer import SentencePieceTokenizer
+    from lwm.inference.runtime import load_tokenizer as runtime_load_tokenizer
+
+    assert isinstance(tok, SentencePieceTokenizer) and tok.kind == "sentencepiece"
+    assert (tok.add_bos, tok.eos_ids, tok.chat_template) == (True, (tok.eos_id,), None)
+    assert tok.special_tokens == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    save_tokenizer(tok, tmp_path / "d")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["tokenizer.model"]
+    assert (tmp_path / "d" / "tokenizer.model").read_bytes() == tok.path.read_bytes()
+    save_tokenizer(tok, tmp_path / "d")  # same bytes: nothing to do
+    text = "The special magic Lisbon number is: 1234567."
+    for loaded in (
+        load_tokenizer(tmp_path / "d"),
+        runtime_load_tokenizer(None, str(tmp_path / "d")),
+        runtime_load_tokenizer(str(tok.path), "unused"),
+    ):
+        assert loaded.kind == "sentencepiece" and loaded.encode(text) == tok.encode(text)
+    (tmp_path / "d" / "tokenizer.model").write_bytes(b"other")
+    with pytest.raises(LwmError, match="differs from .* not overwritten"):
+        save_tokenizer(tok, tmp_path / "d")
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(LwmError, match=r"expected a sentencepiece \.model, a tokenizer\.json"):
+        load_tokenizer(tmp_path / "x.txt")
+    with pytest.raises(LwmError, match="holds no tokenizer.json or tokenizer.model"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(LwmError, match=r"none found in .* \(pass --tokenizer PATH \(\.model"):
+        runtime_load_tokenizer(None, str(tmp_path))

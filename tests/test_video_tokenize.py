@@ -183,12 +183,15 @@ def test_cli_reconstruct_writes_side_by_side_mp4(ckpt, tmp_path, capsys):
 def test_records_parse_in_data_field_encoder(llama2_tokenizer_path):
     """The `vision` layout round-trips through `lwm data build`'s field encoder."""
     from lwm.data.fields import ExampleEncoder
-    from lwm.data.tokenizer import Tokenizer
+    from lwm.data.tokenizer import load_tokenizer
 
     codes = np.arange(5 * 16).reshape(5, 4, 4) % 32
     record = {"vision": layout_tokens(codes, EOF_ID, EOV_ID).tolist(), "caption": "a clip"}
     enc = ExampleEncoder(
-        Tokenizer(llama2_tokenizer_path), "[vision],caption", max_n_frames=3, tokens_per_frame=16
+        load_tokenizer(llama2_tokenizer_path),
+        "[vision],caption",
+        max_n_frames=3,
+        tokens_per_frame=16,
     )
     out = enc(record)
     vis = out.tokens[out.vision_mask == 1]

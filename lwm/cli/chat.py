@@ -5,7 +5,9 @@ batches and prefilled *once* as the prefix `<s>{system} USER: <vision>[video]</v
 question (`\\n{question} ASSISTANT:`) is answered from that cached prefix, so asking many questions
 costs one encode and one long prefill. Without --question, questions are read from stdin, one per
 line, until EOF (interactive mode). The template is configurable with --template / --system
-(see `lwm.inference.prompts`). `--template lwm` is LWM's vision_chat layout token for token
+(see `lwm.inference.prompts`; `auto`, the default, renders the model's own chat template when
+its tokenizer ships one, with the video first in the user message, before the question, and
+otherwise uses the layout above). `--template lwm` is LWM's vision_chat layout token for token
 (question before the video, `<vision>` codes `</vision>`; `--frames N` picks frames at
 linspace(0, n - 1, N) indices as LWM does): the video is encoded once but prefilled again
 for every question.
@@ -21,10 +23,11 @@ from lwm.inference.runtime import add_model_args, add_sampling_args
 from lwm.video.policy import add_allow_short_arg
 
 TEMPLATE_HELP = (
-    "'lwm': LWM's vision_chat prompt token for token (question BEFORE the video, "
-    "so the video cannot be shared across questions: it is encoded once but "
-    "prefilled again per question); default: lwm's cached layout (video first, "
-    "prefilled once for all questions); or a JSON file of template fields"
+    "'auto' (default): the model's own chat template when its tokenizer ships one (the video "
+    "first in the user message, then the question), else lwm's cached layout (video first, "
+    "prefilled once for all questions); 'lwm': LWM's vision_chat prompt token for token "
+    "(question BEFORE the video, so the video cannot be shared across questions: it is encoded "
+    "once but prefilled again per question); or a JSON file of template fields"
 )
 
 
@@ -88,13 +91,14 @@ def _run(args: argparse.Namespace) -> int:
     from lwm.video.vqgan_checkpoint import load_vqgan
 
     sampling = sampling_from_args(args)
-    template = load_template(args)
+    load_template(args)  # a bad --template fails before anything is loaded
     if args.encode_batch < 1:
         raise LwmError(f"--encode-batch must be >= 1, got {args.encode_batch}")
     # Cheap checks first: a text-only checkpoint fails before any weights are read.
     cfg = read_model_config(args.checkpoint, strict=args.strict)
     check_vision_model(cfg, 0, where=str(args.checkpoint))
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
+    template = load_template(args, tokenizer)
     vqgan = load_vqgan(args.vqgan)
     model, mesh = load_model_from_args(args)
     qa = VideoQA(
@@ -121,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     for question in _questions(args):
         print(f"Q: {question}")
         print("A: ", end="", flush=True)
-        streamer = TextStreamer(tokenizer, stop_id=tokenizer.eos_id)
+        streamer = TextStreamer(tokenizer, stop_ids=tokenizer.eos_ids)
         qa.ask_tokens(
             ctx,
             question,

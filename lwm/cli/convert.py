@@ -1,5 +1,6 @@
 """`lwm convert from-hf HF_DIR OUT_DIR`, `lwm convert to-hf CKPT_DIR OUT_DIR` and
-`lwm convert from-lwm PARAMS OUT_DIR --config PRESET`, `lwm convert vqgan-from-lwm FILE OUT_DIR`."""
+`lwm convert from-lwm PARAMS OUT_DIR --config PRESET`, `lwm convert vqgan-from-lwm FILE OUT_DIR`,
+`lwm convert from-gguf FILE OUT_DIR`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="convert checkpoints to/from HF transformers LLaMA")
+    p = subparsers.add_parser("convert", help="convert checkpoints to/from HF transformers")
     sub = p.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
-    a = sub.add_parser("from-hf", help="HF LlamaForCausalLM directory -> lwm checkpoint")
+    a = sub.add_parser(
+        "from-hf",
+        help="HF directory (LLaMA 1/2/3.x, SmolLM2, Qwen2/2.5, Mistral) -> lwm checkpoint",
+        description="Convert a transformers model directory into an lwm model checkpoint: "
+        "LlamaForCausalLM (RoPE default, linear, llama3 or yarn), Qwen2ForCausalLM (q/k/v "
+        "biases) or MistralForCausalLM without a sliding window. Its tokenizer files "
+        "(tokenizer.json and side files, or tokenizer.model) are copied beside the checkpoint.",
+    )
     a.add_argument("hf_dir", help="directory with config.json and *.safetensors")
     a.add_argument("out_dir", help="new lwm checkpoint directory (must not exist or be empty)")
     a.add_argument(
@@ -21,8 +29,9 @@ def add_parser(subparsers) -> None:
     a.set_defaults(func=_from_hf)
     b = sub.add_parser(
         "to-hf",
-        help="lwm checkpoint -> HF LlamaForCausalLM directory (a vision model: one vocabulary "
-        "of text ids then vision ids, plus lwm_vision.json with the offsets)",
+        help="lwm checkpoint -> HF LlamaForCausalLM (Qwen2ForCausalLM with q/k/v biases) "
+        "directory, with the checkpoint's tokenizer files (a vision model: one vocabulary of "
+        "text ids then vision ids, plus lwm_vision.json with the offsets)",
     )
     b.add_argument("ckpt_dir", help="lwm model checkpoint or training workdir")
     b.add_argument("out_dir", help="new HF directory (must not exist or be empty)")
@@ -30,22 +39,37 @@ def add_parser(subparsers) -> None:
     b.set_defaults(func=_to_hf)
     _add_from_lwm(sub)
     _add_vqgan_from_lwm(sub)
+    _add_from_gguf(sub)
 
 
 def _from_hf(args: argparse.Namespace) -> int:
     from lwm.interop.hf_convert import convert_from_hf
 
-    out = convert_from_hf(args.hf_dir, args.out_dir, param_dtype=args.param_dtype)
+    notes: list[str] = []
+    out = convert_from_hf(args.hf_dir, args.out_dir, param_dtype=args.param_dtype, notes=notes)
     print(f"wrote lwm checkpoint {out}")
+    _print_notes(notes)
     return 0
 
 
 def _to_hf(args: argparse.Namespace) -> int:
+    import json
+
     from lwm.interop.hf_convert import convert_to_hf
 
-    out = convert_to_hf(args.ckpt_dir, args.out_dir, dtype=args.dtype)
-    print(f"wrote HF LLaMA directory {out}")
+    notes: list[str] = []
+    out = convert_to_hf(args.ckpt_dir, args.out_dir, dtype=args.dtype, notes=notes)
+    arch = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(f"wrote HF {arch} directory {out}")
+    _print_notes(notes)
     return 0
+
+
+def _print_notes(notes: list[str]) -> None:
+    import sys
+
+    for note in notes:
+        print(f"lwm convert: note: {note}", file=sys.stderr)
 
 
 # -- from-lwm: LWM's streaming msgpack Jax checkpoints (self-contained block) ------------------
@@ -120,4 +144,40 @@ def _vqgan_from_lwm(args: argparse.Namespace) -> int:
     print(
         f"wrote lwm VQGAN checkpoint {out} (preset {cfg.name}, {cfg.tokens_per_frame} codes/frame)"
     )
+    return 0
+
+
+# -- from-gguf (llama.cpp GGUF files, with the tokenizer they embed) -------------------------
+
+
+def _add_from_gguf(sub) -> None:
+    g = sub.add_parser(
+        "from-gguf",
+        help="llama.cpp GGUF file (LLaMA / Qwen2 family) -> lwm checkpoint + tokenizer.json",
+        description="Convert a GGUF model file (llama.cpp, Ollama) into an lwm model checkpoint. "
+        "Tensors (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) are dequantized to "
+        "--param-dtype; the architecture and RoPE settings come from the file's metadata, and "
+        "the tokenizer it embeds is written beside the checkpoint as tokenizer.json, "
+        "tokenizer_config.json (chat template, special tokens) and generation_config.json.",
+    )
+    g.add_argument("gguf_file", help="the .gguf file")
+    g.add_argument("out_dir", help="new lwm checkpoint directory (must not exist or be empty)")
+    g.add_argument(
+        "--param-dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="storage dtype of the dequantized parameters",
+    )
+    g.set_defaults(func=_from_gguf)
+
+
+def _from_gguf(args: argparse.Namespace) -> int:
+    from lwm.interop.gguf_convert import convert_from_gguf
+
+    done = convert_from_gguf(args.gguf_file, args.out_dir, param_dtype=args.param_dtype)
+    print(f"wrote lwm checkpoint {done.out_dir}")
+    if done.tokenizer_note is None:
+        print(f"wrote tokenizer beside it: {', '.join(done.tokenizer_files)}")
+    else:
+        print(f"tokenizer not written: {done.tokenizer_note}")
     return 0

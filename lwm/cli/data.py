@@ -9,20 +9,32 @@ import sys
 
 from lwm.errors import LwmError
 
+TOKENIZER_HELP = "tokenizer: a sentencepiece .model, a tokenizer.json or a directory holding one"
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("data", help="build datasets and synthetic long-context tasks")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    b = sub.add_parser("build", help="tokenize jsonl / .txt into an array_record dataset")
-    b.add_argument("--input", required=True, help="PATH.jsonl[,...] or a directory of .txt files")
+    b = sub.add_parser("build", help="tokenize jsonl / .txt / Parquet into an array_record dataset")
+    b.add_argument(
+        "--input",
+        required=True,
+        help="PATH.jsonl|.parquet|.txt[,...] or a directory of such files",
+    )
     b.add_argument("--fields", default="text", help='field spec, e.g. "[vision+question],answer"')
-    b.add_argument("--tokenizer", required=True, help="sentencepiece .model")
+    b.add_argument("--tokenizer", required=True, help=TOKENIZER_HELP)
     b.add_argument("--out", required=True, help="dataset directory to create")
     b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    b.add_argument("--skip-bad", action="store_true", help="skip (and count) bad jsonl lines")
+    b.add_argument(
+        "--skip-bad", action="store_true", help="skip (and count) bad jsonl lines / Parquet rows"
+    )
     b.add_argument("--separator", default=" ", help="subfield separator for a+b fields")
-    b.add_argument("--no-bos", action="store_true", help="do not start examples with BOS")
+    b.add_argument(
+        "--no-bos",
+        action="store_true",
+        help="do not start examples with BOS (default: BOS where the tokenizer adds one)",
+    )
     b.add_argument("--no-eos", action="store_true", help="do not end examples with EOS")
     b.add_argument("--max-n-frames", type=int, default=0, help="vision frames kept (0 = all)")
     b.add_argument("--tokens-per-frame", type=int, default=256)
@@ -36,7 +48,11 @@ def add_parser(subparsers) -> None:
     s.add_argument("--out", required=True, help="FILE.jsonl (needle) or FILE.txt (text)")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--tokenizer", help="needle: lengths are counted in this tokenizer's tokens")
+    s.add_argument(
+        "--tokenizer",
+        help="needle: lengths are counted in this tokenizer's tokens (.model, "
+        "tokenizer.json or a directory)",
+    )
     s.add_argument("--num", type=int, default=100, help="needle: tasks per length")
     s.add_argument("--lengths", default="1k", help="needle: example lengths in tokens, e.g. 1k,2k")
     s.add_argument("--depths", default="", help="needle: depths to cycle (default: uniform)")
@@ -49,7 +65,11 @@ def add_parser(subparsers) -> None:
 
     i = sub.add_parser("inspect", help="print a built dataset's counts and first example")
     i.add_argument("path")
-    i.add_argument("--tokenizer", help="decode the first example with this tokenizer")
+    i.add_argument(
+        "--tokenizer",
+        help="decode the first example with this tokenizer (the dataset directory "
+        "itself holds the one it was built with)",
+    )
     i.set_defaults(func=_inspect)
 
 
@@ -82,7 +102,7 @@ def _build(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         num_shards=args.num_shards,
         subfield_separator=args.separator,
-        add_bos=not args.no_bos,
+        add_bos=False if args.no_bos else None,
         add_eos=not args.no_eos,
         max_n_frames=args.max_n_frames,
         tokens_per_frame=args.tokens_per_frame,
@@ -115,9 +135,9 @@ def _synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lwm.data.needles import Haystack, make_needle_task
-    from lwm.data.tokenizer import Tokenizer
+    from lwm.data.tokenizer import load_tokenizer
 
-    tok = Tokenizer(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer)
     hay = Haystack(args.haystack)
     lengths = parse_lengths(args.lengths)
     depths = [float(d) for d in args.depths.split(",") if d.strip()] if args.depths else []
@@ -149,9 +169,9 @@ def _inspect(args: argparse.Namespace) -> int:
     src = open_source(args.path)
     print(json.dumps({**meta, "examples": len(src)}, indent=1))
     if args.tokenizer:
-        from lwm.data.tokenizer import Tokenizer
+        from lwm.data.tokenizer import load_tokenizer
 
         ex = src[0]
         text = [int(t) for t, v in zip(ex["tokens"], ex["vision_mask"]) if not v]
-        print(Tokenizer(args.tokenizer).decode(text))
+        print(load_tokenizer(args.tokenizer).decode(text))
     return 0

@@ -3,6 +3,12 @@
 One prompt streams its completion to stdout as it is decoded; several prompts (repeat --prompt)
 run as one left-padded batch and print one completion per line block. `--prompt-ids` takes token
 ids directly (comma-separated) and prints ids, for checkpoints without a tokenizer.
+
+`--chat` wraps each prompt as one user message in the prompt template: with `--template auto`
+(the default) the model's own chat template when its tokenizer ships one, so the ids are those of
+transformers' `apply_chat_template(..., add_generation_prompt=True)`. Generation stops at any of
+the tokenizer's EOS ids (Llama-3: `<|eot_id|>` and `<|end_of_text|>`); the text printed is the
+decode of the new ids before it, special tokens skipped, as transformers prints it.
 """
 
 from __future__ import annotations
@@ -14,13 +20,23 @@ from lwm.inference.runtime import add_model_args, add_sampling_args
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="generate text from a checkpoint (KV-cache sampler)")
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text from a checkpoint (KV-cache sampler)",
+        description="Generates text from a checkpoint; stops at any of the tokenizer's EOS ids "
+        "(tokenizer and generation_config.json). An id past the tokenizer's vocabulary (a model "
+        "vocabulary padded beyond the tokenizer) has no text and prints as nothing.",
+    )
     add_model_args(p)
     p.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
     p.add_argument(
         "--prompt-ids", action="append", default=[], help="prompt as comma-separated token ids"
     )
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap each prompt as a user message in the prompt template (see --template)",
+    )
     p.add_argument(
         "--truncate",
         action="store_true",
@@ -62,7 +78,8 @@ def _note_cut(prompts: list[list[int]], max_new: int, limit: int, truncate: bool
 
 def _run(args: argparse.Namespace) -> int:
     from lwm.errors import LwmError
-    from lwm.inference.prompts import chat_prompt
+    from lwm.inference.answer_text import answer_text
+    from lwm.inference.prompts import chat_prompt, plain_prompt
     from lwm.inference.runtime import (
         TextStreamer,
         check_tokenizer_fits,
@@ -76,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     if bool(args.prompt) == bool(args.prompt_ids):
         raise LwmError("give --prompt TEXT or --prompt-ids IDS (one kind, repeatable)")
     sampling = sampling_from_args(args)
-    template = load_template(args)
+    load_template(args)  # a bad --template fails before the model loads
     model, mesh = load_model_from_args(args)
     vocab = model.config.vocab_size
     if args.prompt_ids:
@@ -89,16 +106,15 @@ def _run(args: argparse.Namespace) -> int:
     else:
         tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
         check_tokenizer_fits(tokenizer, vocab)
-        if args.chat:
-            prompts = [chat_prompt(tokenizer, template, p) for p in args.prompt]
-        else:
-            prompts = [tokenizer.encode(p, bos=template.bos) for p in args.prompt]
-        eos = tokenizer.eos_id
+        template = load_template(args, tokenizer)
+        wrap = chat_prompt if args.chat else plain_prompt
+        prompts = [wrap(tokenizer, template, p) for p in args.prompt]
+        eos = tokenizer.eos_ids
     _note_cut(prompts, args.max_new_tokens, model.config.max_sequence_length, args.truncate)
     sampler = make_sampler(model, mesh, args)
     streamer = None
     if tokenizer is not None and len(prompts) == 1 and not args.no_stream:
-        streamer = TextStreamer(tokenizer, stop_id=eos)
+        streamer = TextStreamer(tokenizer, stop_ids=eos)
     outs = sampler.generate(
         prompts,
         max_new_tokens=args.max_new_tokens,
@@ -117,7 +133,6 @@ def _run(args: argparse.Namespace) -> int:
         if tokenizer is None:
             print(" ".join(str(t) for t in out))
         else:
-            text = tokenizer.decode(out[:-1] if out and out[-1] == eos else out)
-            print(text)
+            print(answer_text(tokenizer, out, eos))
     sys.stdout.flush()
     return 0

@@ -63,8 +63,9 @@ def _run(args: argparse.Namespace) -> int:
     _ = config.sampling  # validates the sampling flags before anything is loaded
     cfg = read_model_config(args.checkpoint, strict=args.strict)
     check_vision_model(cfg, 0, where=str(args.checkpoint))
-    template = load_template(args)
+    load_template(args)  # a bad --template fails before anything is loaded
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
+    template = load_template(args, tokenizer)
     vqgan = load_vqgan(args.vqgan)
     model, mesh = load_model_from_args(args)
     sampler = make_sampler(model, mesh, args)

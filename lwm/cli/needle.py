@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from lwm.checkpoint.policy import add_strict_arg
@@ -18,7 +19,11 @@ def add_parser(subparsers) -> None:
         "OUT/results.jsonl (rerunning resumes), OUT/heatmap.png and OUT/summary.json.",
     )
     p.add_argument("--checkpoint", required=True, help="model checkpoint or training workdir")
-    p.add_argument("--tokenizer", help="sentencepiece model (default: CHECKPOINT/tokenizer.model)")
+    p.add_argument(
+        "--tokenizer",
+        help="a sentencepiece .model, a tokenizer.json or a directory (default: the one in "
+        "CHECKPOINT: tokenizer.json, else tokenizer.model)",
+    )
     p.add_argument("--lengths", required=True, help="context lengths in tokens, e.g. 1k,2k,4k")
     p.add_argument("--depths", default="0:1:11", help="fractions 0,0.5,1 or start:stop:count")
     p.add_argument("--samples", type=int, default=1, help="samples per (length, depth) cell")
@@ -46,11 +51,14 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--template",
-        choices=["default", "lwm"],
-        default="default",
-        help="prompt: default (BOS + context + '\\nQuestion: ...\\nAnswer:', lwm's training "
-        "format) or lwm (LWM's eval_needle chat wrapping, token for token: 'You are a helpful "
-        "assistant. USER: {context} {question} Don't give ... ASSISTANT: ')",
+        choices=["auto", "default", "lwm", "chat"],
+        default="auto",
+        help="prompt: auto (the default: chat when the tokenizer ships a chat template, else "
+        "default), default (BOS + context + '\\nQuestion: ...\\nAnswer:', lwm's training "
+        "format), lwm (LWM's eval_needle chat wrapping, token for token: 'You are a helpful "
+        "assistant. USER: {context} {question} Don't give ... ASSISTANT: ') or chat (the user "
+        "text '{context} {question} Don't give ... short and direct.' in the model's own chat "
+        "template, no system message)",
     )
     p.add_argument("--title", default=None, help="heatmap title")
     add_strict_arg(p)
@@ -59,7 +67,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lwm.cli.data import parse_lengths
-    from lwm.evals.needle import NeedleSpec, check_lengths, load_haystack, parse_depths
+    from lwm.evals.needle import NeedleSpec, check_lengths, load_haystack, needle_chat, parse_depths
 
     lengths = parse_lengths(args.lengths)
     depths = parse_depths(args.depths)
@@ -69,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         num_retrieve=args.retrieve,
         num_values=args.values,
         seed=args.seed,
-        template=args.template,
+        template="default" if args.template == "auto" else args.template,
     )
     load_haystack(spec.haystack)  # bad haystack: fail before loading the model
 
@@ -86,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     )
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
     check_tokenizer_fits(tokenizer, cfg.vocab_size, where=str(args.checkpoint))
+    if args.template == "auto" and tokenizer.chat_template:
+        spec = dataclasses.replace(spec, template="chat")
+    elif args.template == "chat":
+        needle_chat(tokenizer)  # no chat template: fail before the model loads
     from lwm.evals.run import evaluate_needles
 
     table = evaluate_needles(

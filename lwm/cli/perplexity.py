@@ -17,7 +17,11 @@ def add_parser(subparsers) -> None:
         "the curve shows how much longer context helps. Writes OUT/perplexity.png and .json.",
     )
     p.add_argument("--checkpoint", required=True, help="model checkpoint or training workdir")
-    p.add_argument("--tokenizer", help="sentencepiece model (default: CHECKPOINT/tokenizer.model)")
+    p.add_argument(
+        "--tokenizer",
+        help="a sentencepiece .model, a tokenizer.json or a directory (default: the one in "
+        "CHECKPOINT: tokenizer.json, else tokenizer.model)",
+    )
     p.add_argument("--text", required=True, help="a UTF-8 text file (long enough for --lengths)")
     p.add_argument("--lengths", required=True, help="context lengths in tokens, e.g. 1k,2k,4k")
     p.add_argument("--segment", type=int, default=256, help="scored tokens at the end")

@@ -25,7 +25,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="vision model checkpoint or workdir")
     p.add_argument("--vqgan", required=True, help="VQGAN checkpoint (lwm vqgan train)")
-    p.add_argument("--tokenizer", help="sentencepiece model (default: CHECKPOINT/tokenizer.model)")
+    p.add_argument(
+        "--tokenizer",
+        help="a sentencepiece .model, a tokenizer.json or a directory (default: the one in "
+        "CHECKPOINT: tokenizer.json, else tokenizer.model)",
+    )
     p.add_argument(
         "--haystack",
         required=True,
@@ -58,8 +62,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: answer length + 8")
     p.add_argument("--mesh", default=None, help="e.g. sp=8 (default: sp over all devices for ring)")
     p.add_argument("--prefill-chunk", type=int, default=512)
-    p.add_argument("--template", default=None, help="JSON file overriding prompt template fields")
-    p.add_argument("--system", default=None, help="system sentence of the prompt template")
+    p.add_argument(
+        "--template",
+        default=None,
+        help="'auto' (default): the model's own chat template when its tokenizer ships one (the "
+        "video first in the user message, then the question), else lwm's video QA layout; or a "
+        "JSON file overriding prompt template fields",
+    )
+    p.add_argument(
+        "--system",
+        default=None,
+        help="system sentence of the prompt template (with a chat template: a system message)",
+    )
     p.add_argument(
         "--skip-too-long",
         action="store_true",
@@ -94,16 +108,18 @@ def run(args: argparse.Namespace) -> int:
     from lwm.evals.video_needle import evaluate_video_needles
     from lwm.inference.runtime import load_template, load_tokenizer
 
+    load_template(args)  # a bad --template fails before anything is loaded
+    tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
     table = evaluate_video_needles(
         args.checkpoint,
         args.vqgan,
-        load_tokenizer(args.tokenizer, args.checkpoint),
+        tokenizer,
         spec,
         lengths=lengths,
         depths=depths,
         samples=args.samples,
         out_dir=args.out,
-        template=load_template(args),
+        template=load_template(args, tokenizer),
         batch_size=args.batch_size,
         encode_batch=args.encode_batch,
         max_new_tokens=args.max_new_tokens,

@@ -1,9 +1,10 @@
-"""`lwm data build`: a TFDS `GeneratorBasedBuilder` that tokenizes jsonl / .txt inputs with the
-field syntax and writes `array_record` shards (readable by grain, no TensorFlow needed).
+"""`lwm data build`: a TFDS `GeneratorBasedBuilder` that tokenizes jsonl / .txt / Parquet inputs
+with the field syntax and writes `array_record` shards (readable by grain, no TensorFlow needed).
 
 The finished dataset directory holds TFDS's `dataset_info.json` / `features.json` (example counts
-per split), the array_record shards, and `metadata.json` with our statistics (token counts, largest
-text / vision id, skipped lines, the fields spec and tokenizer). It is written under a temporary
+per split), the array_record shards, `metadata.json` with our statistics (token counts, largest
+text / vision id, skipped lines, the fields spec and tokenizer), and the tokenizer's files
+(`tokenizer.model`, or `tokenizer.json` and the files beside it). It is written under a temporary
 name and renamed into place at the end, so an interrupted build never leaves a half dataset behind.
 """
 
@@ -23,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from lwm.data.fields import ExampleEncoder
-from lwm.data.tokenizer import Tokenizer
+from lwm.data.parquet_input import iter_parquet_records
+from lwm.data.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 from lwm.errors import LwmError
-from lwm.io import write_bytes
 
 DATASET_NAME = "lwm_tokens"
 DATASET_VERSION = "1.0.0"
@@ -46,8 +47,12 @@ class BuildStats:
     empty_examples: int = 0
 
 
+INPUT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
 def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
-    """`a.jsonl,b.jsonl` or a list of paths; a directory stands for its `.txt` / `.jsonl` files."""
+    """`a.jsonl,b.parquet` or a list of paths; a directory stands for its `.txt` / `.jsonl` /
+    `.parquet` files."""
     if isinstance(inputs, os.PathLike):
         inputs = [inputs]
     items = inputs.split(",") if isinstance(inputs, str) else list(inputs)
@@ -57,15 +62,15 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
             continue
         p = pathlib.Path(str(item).strip())
         if p.is_dir():
-            found = sorted(
-                q for q in p.rglob("*") if q.suffix in (".txt", ".jsonl") and q.is_file()
-            )
+            found = sorted(q for q in p.rglob("*") if q.suffix in INPUT_SUFFIXES and q.is_file())
             if not found:
-                raise LwmError(f"input directory {p} holds no .txt or .jsonl files")
+                raise LwmError(f"input directory {p} holds no .txt, .jsonl or .parquet files")
             files.extend(found)
         elif p.is_file():
-            if p.suffix not in (".txt", ".jsonl", ".json"):
-                raise LwmError(f"input {p}: expected a .jsonl or .txt file or a directory")
+            if p.suffix not in (*INPUT_SUFFIXES, ".json"):
+                raise LwmError(
+                    f"input {p}: expected a .jsonl, .txt or .parquet file or a directory"
+                )
             files.append(p)
         else:
             raise LwmError(f"input not found: {p}")
@@ -76,11 +81,13 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
 
 def iter_records(
     files: Sequence[pathlib.Path], *, skip_bad: bool, stats: BuildStats, keys: Sequence[str]
-) -> Iterator[tuple[str, str, int, dict[str, Any]]]:
-    """(key, file, line, record) per example: a jsonl line, or a whole .txt file as `{"text": ...}`.
+) -> Iterator[tuple[str, str, bool, dict[str, Any]]]:
+    """(key, where, skippable, record) per example: a jsonl line, a Parquet row, or a whole .txt
+    file as `{"text": ...}`; `where` names the file and line (or row group and row), and
+    `skippable` says whether `--skip-bad` may skip it (a line or row, not a whole file).
 
-    A bad jsonl line (not JSON, not an object, or lacking a field) raises LwmError naming file and
-    line, or is counted in `stats.skipped_lines` with `skip_bad`.
+    A bad jsonl line (not JSON, not an object, or lacking a field) or Parquet row (a null value)
+    raises LwmError naming where it is, or is counted in `stats.skipped_lines` with `skip_bad`.
     """
     for fi, path in enumerate(files):
         if path.suffix == ".txt":
@@ -88,7 +95,16 @@ def iter_records(
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
                 raise LwmError(f"{path}: not UTF-8 text ({_utf8_problem(e)})") from None
-            yield f"{fi}:0", str(path), 0, {"text": text}
+            yield f"{fi}:0", str(path), False, {"text": text}
+            continue
+        if path.suffix == ".parquet":
+            for key, where, rec in iter_parquet_records(path, fi, keys):
+                if isinstance(rec, ValueError):
+                    if skip_bad:
+                        stats.skipped_lines += 1
+                        continue
+                    raise LwmError(f"{where}: {rec}")
+                yield key, where, True, rec
             continue
         with open(path, "rb") as f:  # decoded per line: a bad byte is one bad line
             for lineno, raw in enumerate(f, start=1):
@@ -113,7 +129,7 @@ def iter_records(
                         stats.skipped_lines += 1
                         continue
                     raise LwmError(f"{path}:{lineno}: {_one_line(e)}") from None
-                yield f"{fi}:{lineno}", str(path), lineno, rec
+                yield f"{fi}:{lineno}", f"{path}:{lineno}", True, rec
 
 
 def _utf8_problem(e: UnicodeDecodeError) -> str:
@@ -125,7 +141,7 @@ def check_has_examples(files: Sequence[pathlib.Path], encoder, *, skip_bad: bool
     `skip_bad`), before TFDS starts (it fails with an assertion of its own). Stops at the first
     good example, so a normal input costs one record."""
     stats = BuildStats()
-    for _key, path, lineno, rec in iter_records(
+    for _key, where, skippable, rec in iter_records(
         files, skip_bad=skip_bad, stats=stats, keys=list(encoder.keys)
     ):
         try:
@@ -133,8 +149,7 @@ def check_has_examples(files: Sequence[pathlib.Path], encoder, *, skip_bad: bool
                 return
             stats.empty_examples += 1
         except LwmError as e:
-            if not (skip_bad and lineno):
-                where = f"{path}:{lineno}" if lineno else path
+            if not (skip_bad and skippable):
                 raise LwmError(f"{where}: {e}") from None
             stats.skipped_lines += 1
     names = ", ".join(map(str, files))
@@ -148,9 +163,6 @@ def check_has_examples(files: Sequence[pathlib.Path], encoder, *, skip_bad: bool
 
 def _one_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
-TOKENIZER_FILE = "tokenizer.model"
 
 
 def _make_builder_class():
@@ -200,16 +212,15 @@ def _make_builder_class():
         def _generate_examples(self):
             st = self.stats
             keys = [k for k in self._encoder.keys]
-            for key, path, lineno, rec in iter_records(
+            for key, where, skippable, rec in iter_records(
                 self._files, skip_bad=self._skip_bad, stats=st, keys=keys
             ):
                 try:
                     ex = self._encoder(rec)
                 except LwmError as e:
-                    if self._skip_bad and lineno:
+                    if self._skip_bad and skippable:
                         st.skipped_lines += 1
                         continue
-                    where = f"{path}:{lineno}" if lineno else path
                     raise LwmError(f"{where}: {e}") from None
                 if len(ex) < 2:  # nothing to predict
                     st.empty_examples += 1
@@ -236,7 +247,7 @@ def _make_builder_class():
         def _metadata(self) -> dict[str, Any]:
             enc = self._encoder
             tok = enc.tokenizer
-            return {
+            meta = {
                 **dataclasses.asdict(self.stats),
                 "fields": ",".join(_field_str(f) for f in enc.fields),
                 "tokenizer": str(tok.path),
@@ -246,6 +257,10 @@ def _make_builder_class():
                 "vision_eov_id": enc.vision_eov_id,
                 "inputs": [str(f) for f in self._files],
             }
+            if tok.kind != "sentencepiece":  # sentencepiece datasets keep their old metadata
+                meta["tokenizer_kind"] = tok.kind
+                meta["tokenizer_files"] = {n: _sha256(p) for n, p in sorted(tok.files.items())}
+            return meta
 
     return LwmTokens
 
@@ -282,7 +297,7 @@ def build_dataset(
     if out.exists() and not overwrite:
         raise LwmError(f"output directory {out} exists; pass --overwrite to replace it")
     files = expand_inputs(inputs)
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str | os.PathLike) else tokenizer
     encoder = ExampleEncoder(tok, fields, **encoder_kw)
     check_has_examples(files, encoder, skip_bad=skip_bad)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +323,7 @@ def build_dataset(
         if meta["num_examples"] == 0:
             raise LwmError(f"no examples in {', '.join(map(str, files))}")
         # The dataset carries its tokenizer: training on it and later commands need no path.
-        write_bytes(built / TOKENIZER_FILE, pathlib.Path(tok.path).read_bytes())
+        save_tokenizer(tok, built)
         if out.exists():
             shutil.rmtree(out)
         os.replace(built, out)

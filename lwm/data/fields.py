@@ -4,7 +4,8 @@
 - comma-separated fields are tokenized separately and concatenated at token level;
 - `a+b` joins the subfields' text with `subfield_separator` before tokenizing;
 - a field in `[...]` gets loss mask 0 (a prompt: seen, not trained on);
-- the literal fields `<|bos|>` / `<|eos|>` insert the tokenizer's BOS / EOS;
+- the literal fields `<|bos|>` / `<|eos|>` insert the tokenizer's BOS / EOS (a tokenizer without
+  BOS, like Qwen2.5's, refuses `<|bos|>`);
 - a (sub)field whose name contains `vision` holds pre-tokenized VQ codes (a flat list of ints,
   a multiple of `tokens_per_frame` long, or a list of frames); at most `max_n_frames` frames are
   kept, evenly spaced, first and last included. It becomes `<vision>` (text), each frame's codes
@@ -103,7 +104,7 @@ class ExampleEncoder:
         fields: str | Sequence[Field],
         *,
         subfield_separator: str = " ",
-        add_bos: bool = True,
+        add_bos: bool | None = None,
         add_eos: bool = True,
         max_n_frames: int = 0,
         tokens_per_frame: int = 256,
@@ -113,7 +114,20 @@ class ExampleEncoder:
         self.tokenizer = tokenizer
         self.fields = parse_fields(fields) if isinstance(fields, str) else tuple(fields)
         self.subfield_separator = subfield_separator
-        self.add_bos = add_bos
+        # Default: start examples with BOS where the model's own tokenizer does (LLaMA, Llama-3;
+        # not Qwen2.5 or SmolLM2).
+        self.add_bos = tokenizer.add_bos if add_bos is None else add_bos
+        if tokenizer.bos_id is None:
+            if add_bos:
+                raise LwmError(
+                    f"tokenizer {tokenizer.path} has no BOS token to start examples with"
+                )
+            if any(f.literal == BOS_FIELD for f in self.fields):
+                raise LwmError(
+                    f"fields spec asks for {BOS_FIELD} but tokenizer "
+                    f"{tokenizer.path} has no BOS token"
+                )
+            self.add_bos = False
         self.add_eos = add_eos
         self.max_n_frames = max_n_frames
         self.tokens_per_frame = tokens_per_frame

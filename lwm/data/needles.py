@@ -158,13 +158,14 @@ def make_needle_task(
     if budget < 1:
         raise LwmError(f"num_tokens={num_tokens} leaves no room for a haystack ({overhead} used)")
 
-    # Haystack sentences and their token counts (sentencepiece pieces never span a space, so the
-    # tokens of " ".join(s) are the concatenation of each sentence's tokens).
+    # Haystack sentences and their token counts (sentencepiece pieces never span a space, nor do
+    # byte-level BPE's, so the tokens of " ".join(s) are the concatenation of each sentence's
+    # tokens as it is encoded there: after a space, for the BPE ones).
     sents: list[str] = []
     cum = [0]
     while cum[-1] < budget:
         more = hay.sentences(max(16, (budget - cum[-1]) // 4), rng)
-        for s, ids in zip(more, tokenizer.encode_batch(more)):
+        for s, ids in zip(more, _encode_pieces(tokenizer, more, first=not sents)):
             if cum[-1] + len(ids) > budget:
                 break
             sents.append(s)
@@ -193,13 +194,22 @@ def make_needle_task(
     pieces.extend(sents[prev:])
     context = " ".join(pieces)
 
-    piece_ids = tokenizer.encode_batch(pieces)
+    piece_ids = _encode_pieces(tokenizer, pieces, first=True)
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in piece_ids])]).tolist()
     needles = tuple(
         Needle(k, v, d, int(offsets[starts[i]]), q) for i, (k, v, d, q) in enumerate(specs)
     )
     answers = tuple(v for _, v, _, q in specs if q)
     return NeedleTask(context, question, answer, answers, needles, int(offsets[-1]))
+
+
+def _encode_pieces(tokenizer: Tokenizer, pieces: list[str], *, first: bool) -> list[list[int]]:
+    """The tokens each piece has inside `" ".join(...)`: an HF tokenizer sees the space before all
+    but the first piece (a sentencepiece model marks word starts itself)."""
+    if tokenizer.kind == "sentencepiece":
+        return tokenizer.encode_batch(pieces)
+    spaced = [p if first and i == 0 else " " + p for i, p in enumerate(pieces)]
+    return tokenizer.encode_batch(spaced)
 
 
 def _distinct_values(rng: np.random.Generator, n: int) -> list[str]:

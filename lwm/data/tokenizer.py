@@ -1,6 +1,12 @@
-"""Text tokenizer: any sentencepiece model (LLaMA-2's or one trained here), with explicit BOS/EOS.
+"""Text tokenizers: one `Tokenizer` protocol, two implementations picked by the file.
 
-LWM's vision markers `<vision>` / `</vision>` are ordinary text strings for this tokenizer; a model
+- a sentencepiece `.model` (LLaMA-2's, LWM's, or one trained by `train_tokenizer`):
+  `lwm.data.sentencepiece_tokenizer.SentencePieceTokenizer`;
+- an HF `tokenizer.json` (Llama-3, Qwen2.5, SmolLM2, ...) with its `tokenizer_config.json` /
+  `special_tokens_map.json` / `generation_config.json`: `lwm.data.hf_tokenizer.HfTokenizer`.
+A directory holding `tokenizer.json` (preferred) or `tokenizer.model` stands for it.
+
+LWM's vision markers `<vision>` / `</vision>` are ordinary text strings for either kind; a model
 trained by `train_tokenizer` makes each of them a single piece. End-of-frame / end-of-video are not
 text: they are codes in the *vision* vocabulary (`ModelConfig.vision_eof_id` / `vision_eov_id`).
 """
@@ -11,7 +17,10 @@ import io
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
+from lwm.data.hf_tokenizer import SIDE_FILES, TOKENIZER_JSON, HfTokenizer
+from lwm.data.sentencepiece_tokenizer import MODEL_FILE, SentencePieceTokenizer
 from lwm.errors import LwmError
 from lwm.io import write_bytes
 
@@ -19,66 +28,82 @@ VISION_START = "<vision>"
 VISION_END = "</vision>"
 VISION_MARKERS = (VISION_START, VISION_END)
 
+TOKENIZER_FILES = (TOKENIZER_JSON, *SIDE_FILES, MODEL_FILE)
+"""Every file name a saved tokenizer (`save_tokenizer`) may write into a directory."""
 
-class Tokenizer:
-    """A sentencepiece model. Nothing is added implicitly: pass `bos=`/`eos=` to `encode`."""
+EXPECTED = "a sentencepiece .model, a tokenizer.json or a directory holding one"
 
-    def __init__(self, path: str | os.PathLike):
-        import sentencepiece as spm
 
-        self.path = pathlib.Path(path)
-        if not self.path.is_file():
-            raise LwmError(f"tokenizer model not found: {self.path}")
-        self._sp = spm.SentencePieceProcessor()
-        try:
-            self._sp.load(str(self.path))
-        except (OSError, RuntimeError) as e:
-            raise LwmError(f"{self.path} is not a sentencepiece model: {e}") from None
-        if self._sp.bos_id() < 0 or self._sp.eos_id() < 0:
-            raise LwmError(f"tokenizer {self.path} defines no BOS/EOS piece")
+class Tokenizer(Protocol):
+    """What lwm needs of a text tokenizer. Nothing is added implicitly: `encode` adds BOS / EOS
+    only when asked."""
 
-    @property
-    def vocab_size(self) -> int:
-        return self._sp.get_piece_size()
+    path: pathlib.Path
+    """The main file (`.model` or `tokenizer.json`)."""
+    kind: str
+    """Either "sentencepiece" or "hf"."""
+    vocab_size: int
+    """Ids in use, added tokens included."""
+    bos_id: int | None
+    """None: the model has no BOS (Qwen2.5)."""
+    add_bos: bool
+    """Whether the model's tokenizer starts plain text with BOS (HF's `tokenizer(text)`)."""
+    eos_id: int
+    """The primary EOS (appended by `encode(..., eos=True)`)."""
+    eos_ids: tuple[int, ...]
+    """Every id that ends a reply (the tokenizer's EOS and generation_config.json's)."""
+    pad_id: int
+    chat_template: str | None
+    """The model's Jinja chat template, if it ships one."""
+    special_tokens: dict[str, str]
+    """bos_token / eos_token / pad_token / unk_token strings (those the model has)."""
+    files: dict[str, pathlib.Path]
+    """File name -> source: what to copy into a directory to load the same tokenizer from it."""
 
-    @property
-    def bos_id(self) -> int:
-        return self._sp.bos_id()
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]: ...
 
-    @property
-    def eos_id(self) -> int:
-        return self._sp.eos_id()
-
-    @property
-    def pad_id(self) -> int:
-        """The model's pad piece, or 0 (LLaMA-2 has none; padded positions are masked anyway)."""
-        pad = self._sp.pad_id()
-        return pad if pad >= 0 else 0
-
-    @property
-    def unk_id(self) -> int:
-        return self._sp.unk_id()
-
-    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
-        ids = self._sp.encode(text)
-        if bos:
-            ids = [self.bos_id, *ids]
-        if eos:
-            ids.append(self.eos_id)
-        return ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Encodes many strings in one call (sentencepiece batches internally)."""
-        return self._sp.encode(list(texts))
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._sp.decode([int(i) for i in ids])
+        """The text of `ids`, special tokens skipped."""
+        ...
 
-    def id_to_piece(self, i: int) -> str:
-        return self._sp.id_to_piece(int(i))
+    def id_to_piece(self, i: int) -> str: ...
 
-    def __repr__(self) -> str:
-        return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer at `path`: a `.model` file, a `tokenizer.json` (any `*.json` name; its side
+    files are read from its folder) or a directory holding `tokenizer.json` or
+    `tokenizer.model`."""
+    p = pathlib.Path(path).expanduser()
+    if p.is_dir():
+        if (p / TOKENIZER_JSON).is_file():
+            return HfTokenizer(p / TOKENIZER_JSON)
+        if (p / MODEL_FILE).is_file():
+            return SentencePieceTokenizer(p / MODEL_FILE)
+        raise LwmError(f"tokenizer directory {p} holds no {TOKENIZER_JSON} or {MODEL_FILE}")
+    if not p.exists():
+        raise LwmError(f"tokenizer not found: {p} (expected {EXPECTED})")
+    if p.suffix == ".json":
+        return HfTokenizer(p)
+    if p.suffix == ".model":
+        return SentencePieceTokenizer(p)
+    raise LwmError(f"tokenizer {p}: expected {EXPECTED}")
+
+
+def save_tokenizer(tok: Tokenizer, out_dir: str | os.PathLike) -> None:
+    """Copies `tok.files` into `out_dir` (atomically, file by file), so that
+    `load_tokenizer(out_dir)` gives the same tokenizer. A file already there with the same bytes
+    is kept; a different one is never overwritten (checked before anything is written)."""
+    out = pathlib.Path(out_dir)
+    data = {name: pathlib.Path(src).read_bytes() for name, src in tok.files.items()}
+    for name, content in data.items():
+        dst = out / name
+        if dst.exists() and (not dst.is_file() or dst.read_bytes() != content):
+            raise LwmError(f"{dst} exists and differs from {tok.files[name]}; not overwritten")
+    for name, content in data.items():
+        if not (out / name).exists():
+            write_bytes(out / name, content)
 
 
 def _without_input_paths(model: bytes) -> bytes:
@@ -103,7 +128,7 @@ def train_tokenizer(
     user_defined_symbols: Sequence[str] = VISION_MARKERS,
     seed: int = 0,
     overwrite: bool = False,
-) -> Tokenizer:
+) -> SentencePieceTokenizer:
     """Trains a LLaMA-style sentencepiece model (unk=0, bos=1, eos=2, no pad; digits split, byte
     fallback so any text round-trips) and writes it atomically to `out_path`.
 
@@ -156,4 +181,4 @@ def train_tokenizer(
             f"sentencepiece training failed: {str(e).strip().splitlines()[-1]}"
         ) from None
     write_bytes(out, _without_input_paths(buf.getvalue()))  # atomic, 0644: shared with the model
-    return Tokenizer(out)
+    return SentencePieceTokenizer(out)

@@ -50,7 +50,7 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
     """Corpus -> tokenizer -> needle tasks + copy drills -> tokenized dataset (each skipped
     when present). Returns the dataset directory."""
     from lwm.data.builder import build_dataset
-    from lwm.data.tokenizer import Tokenizer, train_tokenizer
+    from lwm.data.tokenizer import load_tokenizer, train_tokenizer
     from lwm.demo.data import (
         TaskBucket,
         copy_records,
@@ -68,7 +68,7 @@ def prepare_data(config: ml_collections.ConfigDict, paths: DemoPaths) -> pathlib
         corpus = paths.data / "corpus.txt"
         write_corpus(corpus, d.corpus_sentences, seed=d.seed)
         train_tokenizer([corpus], d.vocab_size, tok_path, seed=d.seed, overwrite=True)
-    tok = Tokenizer(tok_path)
+    tok = load_tokenizer(tok_path)
     if tok.vocab_size > config.model.vocab_size:
         raise LwmError(
             f"tokenizer has {tok.vocab_size} pieces but model.vocab_size is "
@@ -138,16 +138,16 @@ def eval_sample_seeds(d: ml_collections.ConfigDict) -> set[int]:
 
 def run_evals(config: ml_collections.ConfigDict, paths: DemoPaths) -> dict[str, dict]:
     """Single-needle grid up to 2x the last stage and a multi-needle check; resumable."""
-    from lwm.data.tokenizer import Tokenizer
+    from lwm.data.tokenizer import load_tokenizer
     from lwm.evals.model_runner import load_eval_model
     from lwm.evals.report import summarize
     from lwm.evals.results import read_results
     from lwm.evals.run import evaluate_needles, lazy_answerer
 
     d = config.demo
-    tok = Tokenizer(paths.data / "tokenizer.model")
+    tok = load_tokenizer(paths.data / "tokenizer.model")
     answer = lazy_answerer(
-        lambda: load_eval_model(paths.train, mesh_spec=d.eval_mesh or None), eos_id=tok.eos_id
+        lambda: load_eval_model(paths.train, mesh_spec=d.eval_mesh or None), eos_id=tok.eos_ids
     )
     out = {}
     for name, (spec, lengths, dps, samples) in eval_specs(d).items():

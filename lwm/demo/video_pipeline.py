@@ -137,7 +137,7 @@ def train_demo_tokenizer(d: ml_collections.ConfigDict, paths: VideoDemoPaths):
     """Phase 3: sentencepiece on random sentences plus `corpus_lines` (repeated so each becomes
     whole pieces); checks that `<vision>` / `</vision>` are single pieces."""
     from lwm.data.synth import write_text_corpus
-    from lwm.data.tokenizer import VISION_END, VISION_START, Tokenizer, train_tokenizer
+    from lwm.data.tokenizer import VISION_END, VISION_START, load_tokenizer, train_tokenizer
 
     if not paths.tokenizer.is_file():
         _say("training the tokenizer on generated text and the video task strings")
@@ -146,7 +146,7 @@ def train_demo_tokenizer(d: ml_collections.ConfigDict, paths: VideoDemoPaths):
         with open(corpus, "a", encoding="utf-8") as f:
             f.write("\n".join(corpus_lines() * d.task_text_repeats) + "\n")
         train_tokenizer([corpus], d.vocab_size, paths.tokenizer, seed=d.seed, overwrite=True)
-    tok = Tokenizer(paths.tokenizer)
+    tok = load_tokenizer(paths.tokenizer)
     for marker in (VISION_START, VISION_END):
         pieces = [tok.id_to_piece(i) for i in tok.encode(marker)]
         if marker not in pieces:

@@ -50,9 +50,10 @@ def existing_checkpoint(checkpoint: str | os.PathLike) -> str:
 
 
 class SamplerAnswerer:
-    """Greedy answers from the project's KV-cache sampler, stopping at EOS."""
+    """Greedy answers from the project's KV-cache sampler, stopping at any of `eos_id` (an id,
+    several ids, or None: `lwm.inference.sampling.EosIds`)."""
 
-    def __init__(self, model, *, mesh=None, eos_id: int | None = None, prefill_chunk: int = 512):
+    def __init__(self, model, *, mesh=None, eos_id=None, prefill_chunk: int = 512):
         from lwm.inference.sampler import Sampler
 
         self.sampler = Sampler(model, mesh=mesh, prefill_chunk=prefill_chunk)

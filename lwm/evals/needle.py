@@ -35,6 +35,8 @@ from lwm.evals.results import (
 AnswerFn = Callable[[list[list[int]], int], list[list[int]]]
 """`(prompts, max_new_tokens) -> generated ids per prompt` (greedy)."""
 
+NEEDLE_TEMPLATES = ("default", "lwm", "chat")
+
 
 @dataclasses.dataclass(frozen=True)
 class NeedleSpec:
@@ -53,12 +55,17 @@ class NeedleSpec:
     question_template: str = "\nQuestion: {question}\nAnswer:"
     """How the question follows the context (must match the model's training format)."""
     template: str = "default"
-    """`default` (BOS + context + question_template) or `lwm`: LWM's eval_needle chat wrapping
-    (`lwm.inference.prompts.LWM_NEEDLE`, the bare question; question_template unused)."""
+    """`default` (BOS as the tokenizer adds it + context + question_template), `lwm`: LWM's
+    eval_needle chat wrapping (`lwm.inference.prompts.LWM_NEEDLE`, the bare question;
+    question_template unused), or `chat`: the same user text in the tokenizer's own chat
+    template (`lwm needle --template auto` picks it when the tokenizer ships one)."""
 
     def __post_init__(self):
-        if self.template not in ("default", "lwm"):
-            raise LwmError(f"needle template {self.template!r}: expected default or lwm")
+        if self.template not in NEEDLE_TEMPLATES:
+            raise LwmError(
+                f"needle template {self.template!r}: expected default or lwm "
+                "(or chat: the tokenizer's chat template)"
+            )
         if self.num_needles < 1 or self.num_values < 1:
             raise LwmError("needles and values per needle must be >= 1")
         if not 1 <= self.num_retrieve <= self.num_needles:
@@ -152,26 +159,43 @@ def load_haystack(source: str) -> Haystack:
 
 
 def build_prompt(tokenizer: Tokenizer, task: NeedleTask, template: str = "default") -> list[int]:
-    """BOS + context + question, tokenized as the `[context+question],answer` training format;
-    `template="lwm"`: LWM's eval_needle prompt for the same context and question."""
+    """BOS (as the tokenizer adds it) + context + question, tokenized as the
+    `[context+question],answer` training format; `template="lwm"`: LWM's eval_needle prompt for
+    the same context and question; `"chat"`: its user text in the tokenizer's chat template."""
     if template == "lwm":
         from lwm.inference.prompts import LWM_TEMPLATE, lwm_needle_prompt
 
         return lwm_needle_prompt(tokenizer, LWM_TEMPLATE, task.context, task.question)
-    return tokenizer.encode(f"{task.context} {task.question}", bos=True)
+    if template == "chat":
+        from lwm.inference.prompts import chat_needle_prompt
+
+        return chat_needle_prompt(tokenizer, needle_chat(tokenizer), task.context, task.question)
+    return tokenizer.encode(f"{task.context} {task.question}", bos=bool(tokenizer.add_bos))
+
+
+def needle_chat(tokenizer: Tokenizer):
+    """The tokenizer's chat template as a `ChatPrompt` (no system message)."""
+    from lwm.inference.prompts import AUTO, ChatPrompt, select_template
+
+    template = select_template(AUTO, tokenizer)
+    if not isinstance(template, ChatPrompt):
+        raise LwmError(f"needle template 'chat': tokenizer {tokenizer.path} has no chat template")
+    return template
 
 
 def _wrap_tokens(tokenizer: Tokenizer, template: str) -> int:
     """Tokens a prompt template adds around context + question (0 for the default)."""
-    if template != "lwm":
-        return 0
-    from lwm.inference.prompts import LWM_TEMPLATE, lwm_needle_prompt
+    from lwm.inference.prompts import LWM_TEMPLATE, chat_needle_prompt, lwm_needle_prompt
 
-    return len(lwm_needle_prompt(tokenizer, LWM_TEMPLATE, "", "")) - 1  # its BOS is counted
+    if template == "lwm":
+        return len(lwm_needle_prompt(tokenizer, LWM_TEMPLATE, "", "")) - 1  # its BOS is counted
+    if template == "chat":
+        return len(chat_needle_prompt(tokenizer, needle_chat(tokenizer), "", "")) - 1
+    return 0
 
 
 def make_task(tokenizer: Tokenizer, haystack: Haystack, spec: NeedleSpec, job: Job) -> NeedleTask:
-    lwm = spec.template == "lwm"
+    lwm = spec.template in ("lwm", "chat")  # the bare question, wrapped by the template
     return make_needle_task(
         tokenizer,
         job.length - _wrap_tokens(tokenizer, spec.template),
@@ -270,8 +294,9 @@ def _record(
     prompt: list[int],
     ids: Sequence[int],
 ) -> dict:
-    ids = [int(t) for t in ids if int(t) != tokenizer.eos_id]
-    text = tokenizer.decode(ids)
+    from lwm.inference.answer_text import answer_text
+
+    text = answer_text(tokenizer, ids, tokenizer.eos_ids)
     found = score_answer(text, task.answers)
     queried = [n for n in task.needles if n.queried]
     return {

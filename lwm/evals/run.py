@@ -41,7 +41,7 @@ def evaluate_needles(
         lazy_answerer(
             model_loader
             or (lambda: load_eval_model(checkpoint, mesh_spec=mesh_spec, strict=strict)),
-            eos_id=tokenizer.eos_id,
+            eos_id=tokenizer.eos_ids,
             prefill_chunk=prefill_chunk,
         )
         if answerer is None
@@ -69,9 +69,10 @@ def evaluate_needles(
     return format_table(summary, title=f"needle accuracy ({variant})")
 
 
-def lazy_answerer(model_loader, *, eos_id: int | None, prefill_chunk: int = 512):
+def lazy_answerer(model_loader, *, eos_id, prefill_chunk: int = 512):
     """An answer function that loads the model (`model_loader() -> (model, mesh)`) and builds
-    its sampler on first use only, so a finished eval resumes straight to the report."""
+    its sampler on first use only, so a finished eval resumes straight to the report. `eos_id`:
+    the stop ids (an int, several, or None; `tokenizer.eos_ids`)."""
     from lwm.evals.model_runner import SamplerAnswerer
 
     state = {}
@@ -143,7 +144,7 @@ def evaluate_perplexity(
     if claim_output_dir(out, run_spec, write=False, **claim):
         if (out / "perplexity.json").is_file():  # the same run, finished: report it again
             return _perplexity_table(json.loads((out / "perplexity.json").read_text()))
-    tokens = tokenizer.encode(text, bos=True)
+    tokens = tokenizer.encode(text, bos=bool(tokenizer.add_bos))  # as HF's tokenizer(text)
     if model is None:
         model, _ = load_eval_model(checkpoint, mesh_spec=mesh_spec, strict=strict)
     points = context_perplexity(

@@ -52,7 +52,8 @@ from lwm.evals.results import (
 from lwm.evals.video_haystack import HaystackCodes, check_haystack
 from lwm.evals.video_needle_prompt import VideoNeedleEval, VideoPrompt
 from lwm.evals.video_needle_task import VideoNeedleSpec, VideoNeedleTask
-from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from lwm.inference.answer_text import answer_text
+from lwm.inference.prompts import DEFAULT_TEMPLATE, Template, describe_template
 from lwm.io import write_json
 
 VideoAnswerFn = Callable[..., list[list[int]]]
@@ -85,7 +86,7 @@ def run_video_needle_eval(
             **dataclasses.asdict(ev.spec),
             "haystack": [str(pathlib.Path(h).resolve()) for h in ev.spec.haystack],
         },
-        "template": dataclasses.asdict(ev.template),
+        "template": describe_template(ev.template),
         "tokenizer": str(getattr(ev.tokenizer, "path", "")),
         "resolution": ev.resolution,
         "tokens_per_frame": ev.tokens_per_frame,
@@ -127,8 +128,7 @@ def run_video_needle_eval(
 def _record(
     ev: VideoNeedleEval, task: VideoNeedleTask, prompt: VideoPrompt, ids: Sequence[int]
 ) -> dict:
-    eos = ev.tokenizer.eos_id
-    text = ev.tokenizer.decode([int(t) for t in ids if int(t) != eos]).strip()
+    text = answer_text(ev.tokenizer, ids, ev.tokenizer.eos_ids).strip()
     correct = answer_matches(text, task.accepted)
     job = task.job
     return {
@@ -161,7 +161,7 @@ def evaluate_video_needles(
     depths: Sequence[float],
     samples: int,
     out_dir: str | os.PathLike,
-    template: PromptTemplate = DEFAULT_TEMPLATE,
+    template: Template = DEFAULT_TEMPLATE,
     batch_size: int = 4,
     encode_batch: int = 16,
     max_new_tokens: int | None = None,
@@ -213,7 +213,7 @@ def evaluate_video_needles(
     )
     answer = lazy_answerer(
         lambda: load_eval_model(checkpoint, mesh_spec=mesh_spec, strict=strict),
-        eos_id=tokenizer.eos_id,
+        eos_id=tokenizer.eos_ids,
         prefill_chunk=prefill_chunk,
     )
     records = run_video_needle_eval(

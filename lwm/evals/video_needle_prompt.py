@@ -16,7 +16,7 @@ from lwm.errors import LwmError
 from lwm.evals.needle import Job, grid_jobs
 from lwm.evals.video_haystack import HaystackCodes
 from lwm.evals.video_needle_task import VideoNeedleSpec, VideoNeedleTask, make_task
-from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate, question_suffix, video_prefix
+from lwm.inference.prompts import DEFAULT_TEMPLATE, Template, question_suffix, video_prefix
 
 
 @dataclasses.dataclass
@@ -40,7 +40,7 @@ class VideoNeedleEval:
         *,
         resolution: int,
         tokens_per_frame: int,
-        template: PromptTemplate = DEFAULT_TEMPLATE,
+        template: Template = DEFAULT_TEMPLATE,
     ):
         self.spec = spec
         self.tokenizer = tokenizer

@@ -6,11 +6,16 @@ import argparse
 import pathlib
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lwm.checkpoint.policy import add_strict_arg
 from lwm.errors import LwmError
 
-TOKENIZER_FILENAMES = ("tokenizer.model",)
+if TYPE_CHECKING:
+    from lwm.inference.sampling import EosIds
+
+TOKENIZER_FILENAMES = ("tokenizer.json", "tokenizer.model")
+"""What a checkpoint directory or workdir may hold, in order of preference."""
 
 
 def add_model_args(p: argparse.ArgumentParser, *, template_help: str | None = None) -> None:
@@ -19,7 +24,8 @@ def add_model_args(p: argparse.ArgumentParser, *, template_help: str | None = No
     p.add_argument("--checkpoint", required=True, help="lwm model checkpoint or training workdir")
     p.add_argument(
         "--tokenizer",
-        help="sentencepiece model (default: tokenizer.model inside the checkpoint directory)",
+        help="a sentencepiece .model, a tokenizer.json or a directory (default: the one inside "
+        "the checkpoint directory: tokenizer.json, else tokenizer.model)",
     )
     p.add_argument(
         "--mesh",
@@ -39,10 +45,16 @@ def add_model_args(p: argparse.ArgumentParser, *, template_help: str | None = No
         "--template",
         default=None,
         help=template_help
-        or "'lwm' (lwm chat: LWM's vision_chat prompt token for token; other commands keep "
-        "the default pieces) or a JSON file overriding prompt template fields",
+        or "'auto' (default): the model's own chat template when its tokenizer ships one, else "
+        "lwm's default layout; 'lwm' (lwm chat: LWM's vision_chat prompt token for token; other "
+        "commands keep the default pieces); or a JSON file overriding prompt template fields",
     )
-    p.add_argument("--system", default=None, help="system sentence of the prompt template")
+    p.add_argument(
+        "--system",
+        default=None,
+        help="system sentence of the prompt template (with a chat template: a system message; "
+        "without --system none is sent and the template may add its own default)",
+    )
     add_strict_arg(p)
 
 
@@ -107,16 +119,19 @@ def load_model_from_args(args: argparse.Namespace):
 
 
 def load_tokenizer(path: str | None, checkpoint: str):
-    from lwm.data.tokenizer import Tokenizer
+    """`--tokenizer PATH` (a .model, a tokenizer.json or a directory), else the tokenizer inside
+    the checkpoint directory / workdir (tokenizer.json preferred to tokenizer.model)."""
+    from lwm.data.tokenizer import load_tokenizer as load_path
 
     if path:
-        return Tokenizer(path)
+        return load_path(path)
     for name in TOKENIZER_FILENAMES:
         candidate = pathlib.Path(checkpoint).expanduser() / name
         if candidate.is_file():
-            return Tokenizer(candidate)
+            return load_path(candidate)
     raise LwmError(
-        f"no tokenizer given and none found in {checkpoint} (pass --tokenizer PATH.model)"
+        f"no tokenizer given and none found in {checkpoint} "
+        "(pass --tokenizer PATH (.model, tokenizer.json or a directory))"
     )
 
 
@@ -130,18 +145,13 @@ def check_tokenizer_fits(tokenizer, vocab_size: int, where: str = "the model") -
         )
 
 
-def load_template(args: argparse.Namespace):
-    import dataclasses
+def load_template(args: argparse.Namespace, tokenizer=None):
+    """The prompt template of `--template` / `--system` for `tokenizer`: `auto` (the default) is
+    its chat template when it ships one, else lwm's default layout. Without a tokenizer, the
+    flags are only checked (a bad JSON file fails before any model is loaded)."""
+    from lwm.inference.prompts import select_template
 
-    from lwm.inference.prompts import NAMED_TEMPLATES, PromptTemplate
-
-    if args.template in NAMED_TEMPLATES:
-        template = NAMED_TEMPLATES[args.template]
-    else:
-        template = PromptTemplate.from_json(args.template) if args.template else PromptTemplate()
-    if args.system is not None:
-        template = dataclasses.replace(template, system=args.system)
-    return template
+    return select_template(args.template, tokenizer, system=args.system)
 
 
 def sampling_from_args(args: argparse.Namespace):
@@ -162,11 +172,15 @@ def make_sampler(model, mesh, args: argparse.Namespace):
 
 class TextStreamer:
     """Prints the text of a growing token list as it grows (decoding the whole list each time,
-    so multi-token characters and sentencepiece spaces come out right)."""
+    so multi-token characters and sentencepiece spaces come out right). Stops at any of
+    `stop_ids` (not printed); an id the tokenizer lacks (a padded model vocabulary) prints
+    nothing."""
 
-    def __init__(self, tokenizer, *, stop_id: int | None = None, out=None):
+    def __init__(self, tokenizer, *, stop_ids: EosIds = None, out=None):
+        from lwm.inference.sampling import eos_set
+
         self.tokenizer = tokenizer
-        self.stop_id = stop_id
+        self.stop_ids = eos_set(stop_ids)
         self.out = out or sys.stdout
         self.ids: list[int] = []
         self.printed = ""
@@ -175,8 +189,10 @@ class TextStreamer:
     def push(self, token: int) -> None:
         if self.stopped:
             return
-        if self.stop_id is not None and token == self.stop_id:
+        if int(token) in self.stop_ids:
             self.stopped = True
+            return
+        if not 0 <= int(token) < self.tokenizer.vocab_size:
             return
         self.ids.append(int(token))
         text = self.tokenizer.decode(self.ids)

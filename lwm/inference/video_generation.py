@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from lwm.errors import LwmError
-from lwm.inference.prompts import DEFAULT_TEMPLATE, PromptTemplate, generation_prompt
+from lwm.inference.prompts import DEFAULT_TEMPLATE, Template, generation_prompt
 from lwm.inference.sampler import DecodeMode, Sampler
 from lwm.inference.sampling import SamplingConfig
 from lwm.inference.video_qa import check_vision_model
@@ -63,7 +63,7 @@ def generate_codes(
     codebook_size: int,
     latent_size: int,
     config: VideoGenerationConfig = VideoGenerationConfig(),
-    template: PromptTemplate = DEFAULT_TEMPLATE,
+    template: Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     on_frame=None,
 ) -> np.ndarray:
@@ -117,7 +117,7 @@ def generate_video(
     prompt: str,
     *,
     config: VideoGenerationConfig = VideoGenerationConfig(),
-    template: PromptTemplate = DEFAULT_TEMPLATE,
+    template: Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     decode_batch: int = 8,
     on_frame=None,

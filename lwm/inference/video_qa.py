@@ -1,12 +1,14 @@
 """Questions about a video (or an image, a one-frame video): encode once, prefill once, answer many.
 
 `VideoQA.load` streams the selected frames through the VQGAN in fixed-size batches
-(`lwm.video.tokenize.tokenize_video`), builds the prefix `<s>{system} USER: <vision>…</vision>` and
-prefills it into a one-row KV cache. `VideoQA.ask` then only prefills the question's few tokens on
-top of a copy of that cache and decodes the answer, so the cost of the video is paid once however
-many questions follow (`encoded_videos`, `encoded_frames` and the sampler's prefill counters record
-the work done). With LWM's question-first layout (`template.layout == "lwm"`) the video is still
-encoded once, but each question's whole prompt is prefilled (the prefix depends on the question).
+(`lwm.video.tokenize.tokenize_video`), builds the prefix `<s>{system} USER: <vision>…</vision>`
+(with a model's chat template: its text up to the user message, then `<vision>…</vision>`; see
+`lwm.inference.prompts`) and prefills it into a one-row KV cache. `VideoQA.ask` then only
+prefills the question's few tokens on top of a copy of that cache and decodes the answer, so the
+cost of the video is paid once however many questions follow (`encoded_videos`,
+`encoded_frames` and the sampler's prefill counters record the work done). With LWM's
+question-first layout (`template.layout == "lwm"`) the video is still encoded once, but each
+question's whole prompt is prefilled (the prefix depends on the question).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from collections.abc import Callable
 import numpy as np
 
 from lwm.errors import LwmError
+from lwm.inference.answer_text import answer_text, until_stop
 from lwm.inference.prompts import (
     DEFAULT_TEMPLATE,
-    PromptTemplate,
+    Template,
     lwm_vision_chat_prompt,
     question_suffix,
     video_prefix,
@@ -71,7 +74,7 @@ class VideoQA:
         tokenizer,
         vqgan,
         *,
-        template: PromptTemplate = DEFAULT_TEMPLATE,
+        template: Template = DEFAULT_TEMPLATE,
         encode_batch: int = 16,
         allow_short: bool = False,
         encode_fn: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -175,7 +178,7 @@ class VideoQA:
             suffix = tokens[-1:]
         else:
             suffix = question_suffix(self.tokenizer, self.template, question)
-        eos = self.tokenizer.eos_id
+        eos = self.tokenizer.eos_ids
         out = self.sampler.generate_from(
             prefix,
             [suffix],
@@ -185,8 +188,8 @@ class VideoQA:
             seed=seed,
             stream=stream,
         )[0]
-        return out[:-1] if out and out[-1] == eos else out
+        return until_stop(out, eos)
 
     def ask(self, ctx: VideoContext, question: str, **kw) -> str:
         """The decoded answer to one question (see `ask_tokens`)."""
-        return self.tokenizer.decode(self.ask_tokens(ctx, question, **kw)).strip()
+        return answer_text(self.tokenizer, self.ask_tokens(ctx, question, **kw)).strip()

@@ -1,4 +1,6 @@
-"""HF LLaMA tensors <-> lwm parameter trees (nested dicts shaped like `nnx.to_pure_dict`).
+"""HF LLaMA-family tensors (LLaMA, Qwen2, Mistral) <-> lwm parameter trees (nested dicts
+shaped like `nnx.to_pure_dict`). `params_from_hf` reads through any `get(name) -> np.ndarray`
+(a safetensors directory, dequantized GGUF tensors).
 
 HF stores linear weights as `[out, in]`; lwm stores `[in, ...]` with heads split out:
   q_proj [N*H, D] -> wq [D, N, H];  k/v_proj [K*H, D] -> wk/wv [D, K, H]

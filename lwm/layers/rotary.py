@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lwm.layers.rope_scaling import RopeScaling, scaled_inv_freq
+from lwm.layers.rope_scaling import RopeScaling, rope_attention_factor, scaled_inv_freq
 
 
 def apply_rope(
@@ -24,12 +24,17 @@ def apply_rope(
     scaling: RopeScaling | None = None,
 ) -> jax.Array:
     """Rotates q or k `[B, T, N, H]` by angles position × inv_freq (fp32 math); `scaling` picks
-    the family's frequencies (`lwm.layers.rope_scaling`; None = plain RoPE)."""
+    the family's frequencies and cos/sin factor (`lwm.layers.rope_scaling`; None = plain RoPE).
+    A YaRN factor multiplies both q and k, so the attention logits scale by its square (HF
+    scales cos and sin the same way)."""
     h = x_btnh.shape[-1]
     inv_freq_f = scaled_inv_freq(h, theta, scaling)
     angles_btf = positions_bt.astype(jnp.float32)[..., None] * inv_freq_f
     cos_bt1f = jnp.cos(angles_btf)[:, :, None, :]
     sin_bt1f = jnp.sin(angles_btf)[:, :, None, :]
+    factor = rope_attention_factor(scaling)
+    if factor != 1.0:
+        cos_bt1f, sin_bt1f = cos_bt1f * factor, sin_bt1f * factor
     x = x_btnh.astype(jnp.float32)
     x1, x2 = x[..., : h // 2], x[..., h // 2 :]
     out = jnp.concatenate([x1 * cos_bt1f - x2 * sin_bt1f, x2 * cos_bt1f + x1 * sin_bt1f], axis=-1)

@@ -1,8 +1,8 @@
 """The typed model config, built from the `model` section of an ml_collections config.
 
 A model family is a config: LLaMA-2 / LWM use the defaults; the knobs a family varies on
-(`attention_bias` for q/k/v biases as in Qwen2, `rope_scaling` for Llama-3's RoPE) change the
-weights or the RoPE frequencies, never the forward path.
+(`attention_bias` for q/k/v biases as in Qwen2, `rope_scaling` for Llama-3's or YaRN's RoPE)
+change the weights or the RoPE frequencies, never the forward path.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     """RoPE base frequency (raised per context stage, as LWM: 1M ... 50M)."""
     rope_scaling: RopeScaling | None = None
-    """RoPE frequency scaling of the family (`lwm.layers.rope_scaling`: `linear`, `llama3`);
-    None = plain RoPE (LLaMA-2, LWM)."""
+    """RoPE frequency scaling of the family (`lwm.layers.rope_scaling`: `linear`, `llama3`,
+    `yarn`); None = plain RoPE (LLaMA-2, LWM). A training stage may set its own
+    (`StageConfig.rope_scaling`)."""
     attention_bias: bool = False
     """Learned biases on the q/k/v projections (Qwen2); the output projection has none."""
     max_sequence_length: int = 4096

@@ -88,6 +88,56 @@ PRESETS: dict[str, dict] = {
         rope_theta=50_000_000.0,
         max_sequence_length=1_048_576,
     ),
+    # Current open models (their HF config.json), for `lwm info`, `lwm plan` and recipes that
+    # start from them (`lwm convert from-hf` / `from-gguf` reads the real config from the file).
+    # SmolLM2-135M(-Instruct): LLaMA shape, GQA 9/3, tied embeddings, BPE tokenizer.json.
+    "smollm2-135m": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        rms_norm_eps=1e-5,
+        rope_theta=100_000.0,
+        max_sequence_length=8192,
+        tie_word_embeddings=True,
+    ),
+    # Llama-3.2-1B(-Instruct): GQA 32/8, tied, Llama-3.1's RoPE scaling (factor 32 over 8K).
+    "llama-3.2-1b": dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=64,
+        rms_norm_eps=1e-5,
+        rope_theta=500_000.0,
+        rope_scaling=dict(
+            kind="llama3",
+            factor=32.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+        max_sequence_length=131_072,
+        tie_word_embeddings=True,
+    ),
+    # Qwen2.5-0.5B(-Instruct): q/k/v biases, GQA 14/2, tied.
+    "qwen2.5-0.5b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0,
+        max_sequence_length=32768,
+        tie_word_embeddings=True,
+        attention_bias=True,
+    ),
 }
 
 # LWM's released models (LargeWorldModel/LWM README and paper, arXiv 2402.08268): LLaMA-2 7B with

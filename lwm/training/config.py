@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 from lwm.config import config_section, parse_fields, parse_section
 from lwm.data.config import DataConfig
 from lwm.errors import ConfigError
+from lwm.layers.rope_scaling import RopeScaling, rope_scaling_from_hf
 
 Schedule = Literal["warmup_cosine", "constant", "warmup_linear"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
@@ -140,6 +141,12 @@ class StageConfig:
     rope_theta: float | None = None
     """RoPE base frequency for this stage (None = model.rope_theta). LWM: 1M, 10M, 10M, 25M,
     50M."""
+    rope_scaling: dict[str, Any] | None = None
+    """RoPE scaling for this stage in transformers' `rope_parameters` spelling without the theta,
+    e.g. `{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}`
+    (`lwm.layers.rope_scaling.rope_scaling_from_hf`); `{"rope_type": "default"}` removes the
+    model's scaling; None = model.rope_scaling. Context-extension recipes set it with
+    rope_theta."""
     max_sequence_length: int | None = None
     """Model max_sequence_length for this stage (None = max(model value, seq_len))."""
     lr: float | None = None
@@ -200,6 +207,8 @@ class ResolvedStage:
     mesh: dict[str, int] | None
     grad_accum: int
     data: DataConfig = DataConfig(source="synthetic")
+    rope_scaling: RopeScaling | None = None
+    """The model's RoPE scaling in this stage (None: plain RoPE)."""
 
     @property
     def batch_tokens(self) -> int:
@@ -216,9 +225,11 @@ def resolve_stages(
     model_rope_theta: float,
     model_max_len: int,
     data: DataConfig | None = None,
+    *,
+    model_rope_scaling: RopeScaling | None = None,
 ) -> list[ResolvedStage]:
-    """Fills each stage from `train`, the model and the run's `data` (the trainer's default:
-    synthetic); validates shapes and schedules."""
+    """Fills each stage from `train`, the model (its RoPE theta, scaling and max length) and the
+    run's `data` (the trainer's default: synthetic); validates shapes and schedules."""
     data = DataConfig(source="synthetic") if data is None else data
     raw = [StageConfig.from_dict(s, i) for i, s in enumerate(stages or [])] or [StageConfig()]
     out = []
@@ -233,6 +244,7 @@ def resolve_stages(
         if schedule not in SCHEDULES:
             raise ConfigError(f"stages[{i}].schedule {schedule!r}: expected one of {SCHEDULES}")
         steps = _pick(s.steps, train.steps)
+        max_len = _pick(s.max_sequence_length, max(model_max_len, seq_len))
         out.append(
             ResolvedStage(
                 index=i,
@@ -240,7 +252,7 @@ def resolve_stages(
                 steps=steps,
                 batch_size=batch_tokens // seq_len,
                 rope_theta=_pick(s.rope_theta, model_rope_theta),
-                max_sequence_length=_pick(s.max_sequence_length, max(model_max_len, seq_len)),
+                max_sequence_length=max_len,
                 lr=_pick(s.lr, train.lr),
                 schedule=schedule,
                 warmup_steps=_pick(s.warmup_steps, train.warmup_steps),
@@ -249,6 +261,9 @@ def resolve_stages(
                 mesh=s.mesh,
                 grad_accum=_pick(s.grad_accum, train.grad_accum),
                 data=data.replace(**s.data) if s.data else data,
+                rope_scaling=_stage_rope_scaling(
+                    s.rope_scaling, model_rope_scaling, model_max_len, i
+                ),
             )
         )
         stretch = out[-1].data.position_stretch
@@ -268,6 +283,19 @@ def resolve_stages(
                 f"{out[-1].grad_accum}"
             )
     return out
+
+
+def _stage_rope_scaling(
+    raw: dict[str, Any] | None, inherited: RopeScaling | None, max_len: int, index: int
+) -> RopeScaling | None:
+    """A stage's `rope_scaling` dict as a RopeScaling; an `original_max_position_embeddings`
+    left out is the model's own max_sequence_length (the context it was trained for)."""
+    if raw is None:
+        return inherited
+    where = f"stages[{index}].rope_scaling"
+    if "rope_theta" in raw:
+        raise ConfigError(f"{where}.rope_theta: set stages[{index}].rope_theta instead")
+    return rope_scaling_from_hf(raw, max_position_embeddings=max_len, where=where)
 
 
 def default_train_section(**overrides: Any):

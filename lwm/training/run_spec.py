@@ -61,7 +61,14 @@ def parse_run(
     train = TrainConfig.from_dict(config.get("train"))
     data = run_data_config(config.get("data"))
     raw_stages = config.get("stages") or []
-    stages = resolve_stages(train, raw_stages, model.rope_theta, model.max_sequence_length, data)
+    stages = resolve_stages(
+        train,
+        raw_stages,
+        model.rope_theta,
+        model.max_sequence_length,
+        data,
+        model_rope_scaling=model.rope_scaling,
+    )
     base_mesh = _mesh_dict(config)
     meshes = []
     for st in stages:

@@ -35,8 +35,12 @@ from lwm.training.train_step import abstract_state, make_train_step, state_shard
 
 
 def stage_model_config(model: ModelConfig, st: ResolvedStage) -> ModelConfig:
-    """The model as stage `st` trains it (its RoPE theta and max length)."""
-    return model.replace(rope_theta=st.rope_theta, max_sequence_length=st.max_sequence_length)
+    """The model as stage `st` trains it (its RoPE theta and scaling, and max length)."""
+    return model.replace(
+        rope_theta=st.rope_theta,
+        rope_scaling=st.rope_scaling,
+        max_sequence_length=st.max_sequence_length,
+    )
 
 
 def stage_optimizer(train: TrainConfig, mdef: ModelDef) -> optax.GradientTransformation:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lwm.checkpoint import Checkpointer
+from lwm.data.tokenizer import TOKENIZER_FILES
 from lwm.errors import LwmError
 
 OWN_FILES = {
@@ -18,7 +19,8 @@ OWN_FILES = {
     "checkpoints",
     "tensorboard",
     "wandb",
-    "tokenizer.model",  # copied from the dataset, so later commands need no --tokenizer
+    # the dataset's tokenizer files, copied so later commands need no --tokenizer
+    *TOKENIZER_FILES,
 }
 """What the trainer writes in a workdir; anything else there (and no checkpoint) is foreign."""
 
