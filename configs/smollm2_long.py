@@ -26,6 +26,7 @@ def get_config():
     config = base_config("smollm2-135m")
     config.model.attention.backend = "ring"
     config.model.attention.layout = "zigzag"
+    config.model.scan_layers = True  # one compiled layer, not 30
     config.model.remat_policy = "full"
     config.model.dtype = "bfloat16"
     config.mesh = ml_collections.ConfigDict(dict(dp=1, fsdp=-1, tp=1, sp=4))

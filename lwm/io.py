@@ -2,8 +2,9 @@
 
 Every writer goes through `atomic_path`: the content is written to a hidden temporary file in the
 target's folder (same filesystem, so the final `os.replace` is atomic), which is removed if the
-write fails. Files are created 0644 (what a user shares: safetensors, tokenizers, JSON), not the
-0600 that `tempfile.mkstemp` would give.
+write fails (a full disk or a permission error is one `WriteFailed` line naming `path` and the
+free space, not a traceback). Files are created 0644 (what a user shares: safetensors,
+tokenizers, JSON), not the 0600 that `tempfile.mkstemp` would give.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from lwm.write_errors import write_failed
+
 FILE_MODE = 0o644
 
 
@@ -27,18 +30,24 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[pathli
     `suffix` keeps the extension a writer infers the format from (e.g. ".png" for savefig).
     """
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp"
-    )
-    os.close(fd)
-    tmp = pathlib.Path(tmp_name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp"
+        )
+        os.close(fd)
+        tmp = pathlib.Path(tmp_name)
         yield tmp
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as e:
+        err = write_failed(e, path)
+        if err is None:
+            raise
+        raise err from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 

@@ -9,13 +9,16 @@ English (`pydoc_data.topics`, tokenized by the model's tokenizer) cut to each co
 A context C is the whole sequence: a prompt of C - --new-tokens tokens, then --new-tokens
 greedy tokens. Prefill = the prompt into a fresh KV cache up to the first token's hidden state
 (lwm: `Sampler.start`; transformers: one forward with a `DynamicCache` and `logits_to_keep=1`, as
-its `generate` does). Decode = the remaining new tokens one by one (lwm: `Sampler.decode`;
-transformers: its token loop). The two alternate run by run (load from other processes hits
-both alike); the first run of each per context warms up (compiles) and is not timed; the table
-shows medians of --repeats runs, the ratio lwm / transformers (> 1: lwm faster) and whether
-the greedy tokens agree. Example (the issue's numbers):
+its `generate` does). Decode = the remaining new tokens one by one (lwm: `Sampler.decode`, which
+also projects the first token's logits; transformers: its token loop). The two alternate run
+by run (load from other processes hits both alike); the first run of each per context warms up
+(compiles) and is not timed; the table shows medians of --repeats runs, the ratio
+lwm / transformers (> 1: lwm faster) and whether the greedy tokens agree. Examples: the issue's
+numbers, then one core each (per-core work: far less sensitive to other processes on a shared
+machine):
 
   python scripts/bench_real_model.py --contexts 1024 4096 8192 --repeats 3
+  taskset -c 1 python scripts/bench_real_model.py --contexts 4096 --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Callable
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Runner = Callable[[list[int]], tuple[float, float, list[int]]]
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def default_gguf() -> pathlib.Path | None:
@@ -59,6 +63,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefill-chunk", type=int, default=None, help="lwm Sampler default if unset")
     p.add_argument("--cache-block", type=int, default=None, help="lwm Sampler default if unset")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: this process's CPU seconds instead of wall seconds (one core, --threads 1: "
+        "the work done, whatever else runs on the machine)",
+    )
     p.add_argument("--json", action="store_true", help="also print one JSON line per context")
     return p.parse_args(argv)
 
@@ -86,7 +97,7 @@ def prompt_tokens(tokenizer_dir: pathlib.Path, n: int) -> list[int]:
     return ids[:n]
 
 
-def lwm_runner(args, ckpt: pathlib.Path, new_tokens: int) -> Runner:
+def lwm_runner(args, ckpt: pathlib.Path, new_tokens: int, clock) -> Runner:
     """One lwm run: (prefill seconds, decode seconds, greedy tokens)."""
     import jax
 
@@ -101,17 +112,17 @@ def lwm_runner(args, ckpt: pathlib.Path, new_tokens: int) -> Runner:
     sampler = Sampler(lwm.load_model(ckpt), **kw)
 
     def run(prompt: list[int]) -> tuple[float, float, list[int]]:
-        t0 = time.perf_counter()
+        t0 = clock()
         cache, length, hidden = sampler.start([prompt], max_new_tokens=new_tokens)
         jax.block_until_ready((cache, hidden))
-        t1 = time.perf_counter()
+        t1 = clock()
         gen = sampler.decode(cache, length, hidden, new_tokens)
-        return t1 - t0, time.perf_counter() - t1, gen.tokens[0].tolist()
+        return t1 - t0, clock() - t1, gen.tokens[0].tolist()
 
     return run
 
 
-def hf_runner(gguf: pathlib.Path, new_tokens: int) -> tuple[Runner, str]:
+def hf_runner(gguf: pathlib.Path, new_tokens: int, clock) -> tuple[Runner, str]:
     """One transformers run, and the attention implementation it uses."""
     import torch
     from transformers import AutoModelForCausalLM, DynamicCache
@@ -122,7 +133,7 @@ def hf_runner(gguf: pathlib.Path, new_tokens: int) -> tuple[Runner, str]:
 
     def run(prompt: list[int]) -> tuple[float, float, list[int]]:
         with torch.no_grad():
-            t0 = time.perf_counter()
+            t0 = clock()
             out = model(
                 torch.as_tensor([prompt]),
                 cache=DynamicCache(),  # transformers 5: `cache` (was `past_key_values`)
@@ -130,13 +141,13 @@ def hf_runner(gguf: pathlib.Path, new_tokens: int) -> tuple[Runner, str]:
                 logits_to_keep=1,
             )
             tok = out.logits[:, -1].argmax(-1, keepdim=True)
-            t1 = time.perf_counter()
+            t1 = clock()
             got = [int(tok)]
             for _ in range(new_tokens - 1):
                 out = model(tok, cache=out.cache, use_cache=True)
                 tok = out.logits[:, -1].argmax(-1, keepdim=True)
                 got.append(int(tok))
-            return t1 - t0, time.perf_counter() - t1, got
+            return t1 - t0, clock() - t1, got
 
     return run, model.config._attn_implementation
 
@@ -174,13 +185,14 @@ def main(argv=None) -> int:
         workdir = args.workdir or pathlib.Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         ckpt = convert(gguf, workdir)
-        hf_run, attn_impl = hf_runner(gguf, args.new_tokens)
-        runners = {"lwm": lwm_runner(args, ckpt, args.new_tokens), "transformers": hf_run}
+        clock = CLOCKS[args.clock]
+        hf_run, attn_impl = hf_runner(gguf, args.new_tokens, clock)
+        runners = {"lwm": lwm_runner(args, ckpt, args.new_tokens, clock), "transformers": hf_run}
         text = prompt_tokens(ckpt, max(args.contexts))
         print(
             f"SmolLM2-135M-Instruct fp32, {args.new_tokens} new tokens, medians of "
-            f"{args.repeats} runs; torch {torch.__version__} threads {torch.get_num_threads()} "
-            f"attn {attn_impl}; cpus {os.cpu_count()}"
+            f"{args.repeats} runs ({args.clock} clock); torch {torch.__version__} "
+            f"threads {torch.get_num_threads()} attn {attn_impl}; cpus {os.cpu_count()}"
         )
         head = (
             f"{'context':>7} {'prompt':>6} | {'prefill tok/s lwm':>17} {'hf':>8} {'ratio':>6} | "

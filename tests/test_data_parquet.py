@@ -68,8 +68,9 @@ def test_parquet_builds_what_jsonl_builds(llama3_style_dir, tmp_path, capsys):
     for key in ("num_tokens", "num_loss_tokens", "num_vision_tokens", "max_text_id"):
         assert ma[key] == mb[key]
     # A directory stands for its .parquet files too (here: the parquet file and the jsonl file).
+    both = tmp_path.parent / f"{tmp_path.name}-both"  # an --out inside an input is refused
     meta = build_dataset(
-        tmp_path, tmp_path / "both", tokenizer=llama3_style_dir, fields=FIELDS, quiet=True, **VISION
+        tmp_path, both, tokenizer=llama3_style_dir, fields=FIELDS, quiet=True, **VISION
     )
     assert meta["num_examples"] == 2 * len(recs)
 

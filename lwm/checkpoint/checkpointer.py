@@ -16,6 +16,12 @@ Damaged steps (a truncated data file, a deleted `metadata`, `state/` or `state/_
 no step is named, the newest *readable* step is used and the skipped one is reported in one line
 (`step 6 unreadable (...); using step 3`); `strict=True` makes that an error. Nothing is deleted:
 re-saving a step found unreadable first moves it aside to `<step>.unreadable`.
+
+A write that fails for want of room or permission (in `save`, or later in orbax's background
+threads, surfacing in the next `save`/`wait`/`close`) is one `WriteFailed` line naming the
+directory, the free space and the last committed step (intact: the rerun resumes from it); the
+unfinished `<step>.orbax-checkpoint-tmp` is removed and orbax's own log of the failure (its
+threads log a traceback each) is silenced.
 """
 
 from __future__ import annotations
@@ -29,8 +35,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lwm.checkpoint.orbax_quiet import (
+    close_abandoned_reads,
+    close_quietly,
+    drain,
+    install_quiet_handlers,
+    remove_unfinished,
+)
+from lwm.checkpoint.tree_paths import abstract_like, nest_under, read_failure_reason, subtree_keys
 from lwm.errors import LwmError
 from lwm.pytree import key_path_str
+from lwm.write_errors import WriteFailed, write_errno, write_failed
 
 _STATE, _METADATA, _DATA = "state", "metadata", "data_state"
 
@@ -48,34 +63,6 @@ class UnreadableStepError(CheckpointError):
         self.step = step
 
 
-def _reason(e: BaseException) -> str:
-    """A one-line, bounded description of a read failure: the innermost cause (tensorstore's
-    own message names the array and the byte range; orbax's wrapper only says "see details")."""
-    while (e.__cause__ or e.__context__) is not None:
-        e = e.__cause__ or e.__context__
-    text = " ".join(str(e).split()) or type(e).__name__
-    text = text.split(" in OCDBT database at ")[0]  # the directory is named by the caller
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def abstract_like(tree: Any) -> Any:
-    """`jax.ShapeDtypeStruct`s (with shardings) for every array leaf of `tree`."""
-
-    def one(x):
-        sharding = getattr(x, "sharding", None)
-        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
-
-    return jax.tree.map(one, tree)
-
-
-def _subtree_keys(subtree: str | Sequence[str] | None) -> tuple[str, ...]:
-    if subtree is None:
-        return ()
-    if isinstance(subtree, str):
-        return tuple(k for k in subtree.split("/") if k)
-    return tuple(subtree)
-
-
 def _get_path(tree: Any, keys: tuple[str, ...], what: str) -> Any:
     node = tree
     for i, k in enumerate(keys):
@@ -83,12 +70,6 @@ def _get_path(tree: Any, keys: tuple[str, ...], what: str) -> Any:
             raise CheckpointError(f"{what} has no subtree {'/'.join(keys[: i + 1])!r}")
         node = node[k]
     return node
-
-
-def _nest(keys: tuple[str, ...], value: Any) -> Any:
-    for k in reversed(keys):
-        value = {k: value}
-    return value
 
 
 class Checkpointer:
@@ -147,15 +128,24 @@ class Checkpointer:
             # `save()` decides itself (below); orbax must not skip a step while a save is running.
             enable_should_save_is_saving_in_progress_check=False,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_handlers={
-                _STATE: ocp.PyTreeCheckpointHandler(),
-                _METADATA: ocp.JsonCheckpointHandler(),
-                _DATA: ocp.JsonCheckpointHandler(),
-            },
-        )
+        install_quiet_handlers()
+        self._pending: int | None = None  # the step of the newest save started
+        self._failed: WriteFailed | None = None  # a write failure already reported
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=options,
+                item_handlers={
+                    _STATE: ocp.PyTreeCheckpointHandler(),
+                    _METADATA: ocp.JsonCheckpointHandler(),
+                    _DATA: ocp.JsonCheckpointHandler(),
+                },
+            )
+        except Exception as e:
+            err = write_failed(e, self.directory, "checkpoint directory")
+            if err is None:
+                raise
+            raise err from None
 
     # -- saving ------------------------------------------------------------------------------
 
@@ -218,7 +208,39 @@ class Checkpointer:
                 ),
             }
         )
-        return bool(self._manager.save(step, args=args, force=True))
+        try:
+            started = bool(self._manager.save(step, args=args, force=True))
+        except Exception as e:  # this save, or the previous one's background write
+            err = self._write_failure(e, step)
+            if err is e:
+                raise
+            raise err from None
+        self._pending = step
+        return started
+
+    def _write_failure(self, e: BaseException, step: int | None) -> BaseException:
+        """`e` itself, or for a disk-full / permission failure the one-line `WriteFailed`, after
+        waiting out orbax's threads and removing the unfinished step's temporary directory."""
+        if self._failed is not None:
+            return self._failed
+        if write_errno(e) is None:
+            return e
+        # The failed step: the pending background save if it did not commit, else this one.
+        drain(self._manager)
+        committed = self.all_steps()
+        if self._pending is not None and self._pending not in committed:
+            step = self._pending
+        if jax.process_index() == 0:
+            remove_unfinished(self.directory)
+        then = (
+            f"last committed step {committed[-1]} is intact: rerun the same command once there "
+            "is room to resume from it"
+            if committed
+            else "no step committed yet: rerun the same command once there is room"
+        )
+        what = f"checkpoint step {step} to" if step is not None else "checkpoints to"
+        self._failed = write_failed(e, self.directory, what, then)
+        return self._failed
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -280,7 +302,7 @@ class Checkpointer:
                 if not jax.tree_util.tree_leaves(self.saved_tree(step)):
                     why = f"{_STATE} holds no arrays"
             except Exception as e:  # orbax/tensorstore raise many types for damaged files
-                why = _reason(e)
+                why = read_failure_reason(e)
         if why is not None:
             self.mark_unreadable(step, why)
             raise UnreadableStepError(f"checkpoint step {step} unreadable ({why})", step)
@@ -343,7 +365,7 @@ class Checkpointer:
     def _restore_step(
         self, step: int, abstract_state: Any, subtree: str | Sequence[str] | None
     ) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
-        keys = _subtree_keys(subtree)
+        keys = subtree_keys(subtree)
         if abstract_state is None:
             saved = self.saved_tree(step)
             target = _get_path(saved, keys, f"checkpoint step {step}")
@@ -354,8 +376,8 @@ class Checkpointer:
             self._check_structure(step, keys, target)
             restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         state_args = ocp.args.PyTreeRestore(
-            item=_nest(keys, target),
-            restore_args=_nest(keys, restore_args),
+            item=nest_under(keys, target),
+            restore_args=nest_under(keys, restore_args),
             partial_restore=bool(keys),
         )
         try:
@@ -370,7 +392,8 @@ class Checkpointer:
                 ),
             )
         except Exception as e:  # a truncated or corrupt data file: tensorstore/orbax errors
-            why = _reason(e)
+            why = read_failure_reason(e)
+            close_abandoned_reads()
             self.mark_unreadable(step, why)
             raise UnreadableStepError(f"checkpoint step {step} unreadable ({why})", step) from None
         state = _get_path(out[_STATE], keys, f"checkpoint step {step}")
@@ -406,16 +429,35 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until background saves have finished (and old steps are pruned)."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            err = self._write_failure(e, self._pending)
+            if err is e:
+                raise
+            raise err from None
 
     def close(self) -> None:
         """Waits for pending saves (and the start-up clean-up of unfinished steps, which would
-        otherwise fail at interpreter shutdown) and releases orbax's threads."""
+        otherwise fail at interpreter shutdown) and releases orbax's threads. A write failure
+        not yet reported is raised (`WriteFailed`); one already reported is not raised again."""
         cleanup = getattr(self._manager, "_cleanup_tmp_directory_future", None)
         if cleanup is not None:
             cleanup.result()
-        self._manager.wait_until_finished()
-        self._manager.close()
+        reported = self._failed is not None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            err = self._write_failure(e, self._pending)
+            if err is e:
+                raise
+            if not reported:
+                close_quietly(self._manager)
+                raise err from None
+        if self._failed is None:
+            self._manager.close()
+        else:  # orbax's threads may raise the reported failure once more
+            close_quietly(self._manager)
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("chat", help="answer questions about a video or image")
     add_model_args(p, template_help=TEMPLATE_HELP)
     p.add_argument("--vqgan", required=True, help="VQGAN checkpoint (lwm vqgan train)")
-    p.add_argument("--video", required=True, help="video or image file")
+    p.add_argument("--video", required=True, help="one video or image file (not a directory)")
     p.add_argument(
         "--question",
         action="append",
@@ -88,8 +88,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     from lwm.inference.video_qa import VideoQA, check_vision_model
     from lwm.models.io import read_model_config
+    from lwm.video.reader import check_media_file
     from lwm.video.vqgan_checkpoint import load_vqgan
 
+    check_media_file(args.video)  # a missing file or a folder fails before any weights are read
     sampling = sampling_from_args(args)
     load_template(args)  # a bad --template fails before anything is loaded
     if args.encode_batch < 1:

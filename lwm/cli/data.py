@@ -25,7 +25,11 @@ def add_parser(subparsers) -> None:
     b.add_argument("--fields", default="text", help='field spec, e.g. "[vision+question],answer"')
     b.add_argument("--tokenizer", required=True, help=TOKENIZER_HELP)
     b.add_argument("--out", required=True, help="dataset directory to create")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out that an earlier `lwm data build` wrote (never other files)",
+    )
     b.add_argument(
         "--skip-bad", action="store_true", help="skip (and count) bad jsonl lines / Parquet rows"
     )
@@ -46,7 +50,9 @@ def add_parser(subparsers) -> None:
     s = sub.add_parser("synth", help="generate needle tasks or plain text (deterministic by seed)")
     s.add_argument("kind", choices=("needle", "text"))
     s.add_argument("--out", required=True, help="FILE.jsonl (needle) or FILE.txt (text)")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument(
+        "--overwrite", action="store_true", help="replace an --out an earlier synth run wrote"
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--tokenizer",
@@ -117,10 +123,43 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+NEEDLE_KEYS = ("context", "question", "answer", "length", "depth")
+
+
+def _is_needle_file(path: pathlib.Path) -> bool:
+    from lwm.data.output_guard import first_json_record
+
+    rec = first_json_record(path)
+    return isinstance(rec, dict) and all(k in rec for k in NEEDLE_KEYS)
+
+
+def _is_text_corpus(path: pathlib.Path) -> bool:
+    from lwm.data.synth import NOISE_SENTENCES
+
+    with open(path, "rb") as f:  # the corpus ends with the noise sentences (write_text_corpus)
+        f.seek(max(0, path.stat().st_size - 4096))
+        tail = f.read().decode("utf-8", errors="replace")
+    return tail.rstrip("\n").rsplit("\n", 1)[-1] == " ".join(NOISE_SENTENCES)
+
+
+def _check_synth_out(args: argparse.Namespace, out: pathlib.Path) -> None:
+    from lwm.data.output_guard import check_out_not_input, check_replaceable_file
+
+    if args.kind == "needle":
+        if args.haystack not in ("noise", "random"):  # read back as a haystack if inside it
+            check_out_not_input(out, [args.haystack])
+        if args.tokenizer:
+            check_out_not_input(out, [args.tokenizer], inside_ok=True)
+    if out.exists() or out.is_symlink():
+        if not args.overwrite:
+            raise LwmError(f"{out} exists; pass --overwrite to replace it")
+        looks_ours = _is_needle_file if args.kind == "needle" else _is_text_corpus
+        check_replaceable_file(out, looks_ours, f"lwm data synth {args.kind}")
+
+
 def _synth(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise LwmError(f"{out} exists; pass --overwrite to replace it")
+    _check_synth_out(args, out)
     from lwm.io import atomic_path  # an error (or Ctrl-C) leaves neither `out` nor a temp file
 
     if args.kind == "text":

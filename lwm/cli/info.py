@@ -43,8 +43,18 @@ def _run(args: argparse.Namespace) -> int:
         f"heads={cfg.num_heads}/{cfg.num_kv_heads} head_dim={cfg.head_dim} vocab={cfg.vocab_size}"
         + (f" vision_vocab={cfg.vision_vocab_size}" if cfg.has_vision else "")
     )
+    rs = cfg.rope_scaling
+    scaling = (
+        f" {rs.kind} x{rs.factor:g} over {rs.original_max_position_embeddings}"
+        if rs is not None and rs.kind != "default"
+        else ""
+    )
+    extras = (" tied" if cfg.tie_word_embeddings else "") + (
+        " qkv_bias" if cfg.attention_bias else ""
+    )
     print(
-        f"rope          theta={cfg.rope_theta:g} max_len={cfg.max_sequence_length}; attention "
+        f"rope          theta={cfg.rope_theta:g}{scaling} max_len={cfg.max_sequence_length}"
+        f"{extras}; attention "
         f"{cfg.attention.backend} ({cfg.attention.layout}, chunks {cfg.attention.query_chunk_size}/"
         f"{cfg.attention.key_chunk_size})"
     )

@@ -63,7 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except LwmError as e:
         print(f"lwm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
+    except OSError as e:  # a full disk, a quota, a permission anywhere: one line, not a traceback
+        from lwm.write_errors import RERUN_TO_RESUME, write_failed
+
+        # A write to an open file names no path: the command's output folder, when it has one.
+        workdir = getattr(args, "workdir", None)
+        folder = workdir or getattr(args, "out", None)
+        then = RERUN_TO_RESUME if isinstance(workdir, str) else ""
+        if e.filename is None and isinstance(folder, str):
+            err = write_failed(e, folder, then=then, verb="under")
+        else:
+            err = write_failed(e, None, then=then, verb="")
+        if err is None:
+            raise
+        print(f"lwm {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"lwm {args.command}: interrupted", file=sys.stderr)
         return 130

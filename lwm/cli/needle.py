@@ -99,22 +99,24 @@ def run(args: argparse.Namespace) -> int:
     elif args.template == "chat":
         needle_chat(tokenizer)  # no chat template: fail before the model loads
     from lwm.evals.run import evaluate_needles
+    from lwm.workdir_lock import workdir_lock
 
-    table = evaluate_needles(
-        args.checkpoint,
-        tokenizer,
-        lengths=lengths,
-        depths=depths,
-        samples=args.samples,
-        spec=spec,
-        out_dir=args.out,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        mesh_spec=args.mesh,
-        prefill_chunk=args.prefill_chunk,
-        title=args.title,
-        overwrite=args.overwrite,
-        strict=args.strict,
-    )
+    with workdir_lock(args.out, "lwm needle"):  # one process per --out
+        table = evaluate_needles(
+            args.checkpoint,
+            tokenizer,
+            lengths=lengths,
+            depths=depths,
+            samples=args.samples,
+            spec=spec,
+            out_dir=args.out,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            mesh_spec=args.mesh,
+            prefill_chunk=args.prefill_chunk,
+            title=args.title,
+            overwrite=args.overwrite,
+            strict=args.strict,
+        )
     print(table)
     return 0

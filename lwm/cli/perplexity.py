@@ -60,18 +60,21 @@ def run(args: argparse.Namespace) -> int:
     )
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
     check_tokenizer_fits(tokenizer, cfg.vocab_size, where=str(args.checkpoint))
-    print(
-        evaluate_perplexity(
-            args.checkpoint,
-            tokenizer,
-            args.text,
-            lengths=lengths,
-            out_dir=args.out,
-            segment=args.segment,
-            windows=args.windows,
-            mesh_spec=args.mesh,
-            overwrite=args.overwrite,
-            strict=args.strict,
+    from lwm.workdir_lock import workdir_lock
+
+    with workdir_lock(args.out, "lwm perplexity"):  # one process per --out
+        print(
+            evaluate_perplexity(
+                args.checkpoint,
+                tokenizer,
+                args.text,
+                lengths=lengths,
+                out_dir=args.out,
+                segment=args.segment,
+                windows=args.windows,
+                mesh_spec=args.mesh,
+                overwrite=args.overwrite,
+                strict=args.strict,
+            )
         )
-    )
     return 0

@@ -4,6 +4,7 @@ tokenizer (a sentencepiece `.model`, an HF `tokenizer.json` or a directory holdi
 from __future__ import annotations
 
 import argparse
+import sys
 
 TOKENIZER_HELP = "a sentencepiece .model, a tokenizer.json or a directory holding one"
 
@@ -19,7 +20,15 @@ def add_parser(subparsers) -> None:
     t.add_argument("--out", required=True, help="path of the .model file to write")
     t.add_argument("--model-type", default="bpe", choices=("bpe", "unigram"))
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace an --out that is a sentencepiece model"
+    )
+    t.add_argument(
+        "--strict-vocab",
+        action="store_true",
+        help="refuse (exit 2, nothing written) when the corpus cannot give --vocab-size pieces; "
+        "without it a smaller model is written and a note says how large",
+    )
     t.set_defaults(func=_train)
     e = sub.add_parser("encode", help="print the ids and pieces of a text")
     e.add_argument("--tokenizer", required=True, help=TOKENIZER_HELP)
@@ -43,7 +52,15 @@ def _train(args: argparse.Namespace) -> int:
         model_type=args.model_type,
         seed=args.seed,
         overwrite=args.overwrite,
+        strict_vocab=args.strict_vocab,
     )
+    if tok.vocab_size < args.vocab_size:
+        print(
+            f"lwm tokenizer: note: the corpus supports only {tok.vocab_size} pieces, not the "
+            f"{args.vocab_size} requested; wrote a {tok.vocab_size}-piece model "
+            "(--strict-vocab refuses instead)",
+            file=sys.stderr,
+        )
     print(f"wrote {tok.path} (vocab_size={tok.vocab_size}, bos={tok.bos_id}, eos={tok.eos_id})")
     return 0
 

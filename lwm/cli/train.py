@@ -9,10 +9,15 @@ from lwm.checkpoint.policy import add_strict_arg
 
 EXIT_CODES = (
     "exit status: 0 done (or --max-steps reached, checkpoint saved); 2 bad input (one line, "
-    "nothing changed); 3 another process of a multi-process job died (rerun every process to "
-    "resume from the last checkpoint); 75 interrupted by SIGTERM or SIGINT (Ctrl-C) after saving "
-    "the current step: resumable, rerun the same command; 130 a second Ctrl-C: stopped without "
-    "saving (a rerun resumes from the last periodic checkpoint)"
+    "nothing changed; a run that fails before its first step removes what it created); 3 another "
+    "process of a multi-process job died (rerun every process to resume from the last "
+    "checkpoint); 73 the workdir is in use by another lwm process (one line naming its host and "
+    "pid; nothing changed; its lock, WORKDIR/.lwm.lock, is released when that process exits, "
+    "kill -9 included); 74 a write failed (disk full, quota, permission, read-only filesystem: "
+    "one line naming the path and the free space; no unfinished checkpoint is left; rerun once "
+    "fixed, it resumes from the last committed checkpoint); 75 interrupted by SIGTERM or SIGINT "
+    "(Ctrl-C) after saving the current step: resumable, rerun the same command; 130 a second "
+    "Ctrl-C: stopped without saving (a rerun resumes from the last periodic checkpoint)"
 )
 
 
@@ -49,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_steps is not None and args.max_steps < 1:
         raise LwmError(f"--max-steps must be >= 1, got {args.max_steps}")
+
+    from lwm.training.workdir import check_workdir_usable
+
+    check_workdir_usable(args.workdir)  # before jax starts: a file or read-only place, one line
 
     from lwm.training.distributed import maybe_initialize_distributed
 

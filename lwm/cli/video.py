@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
 from lwm.video.policy import add_allow_short_arg
@@ -32,7 +33,9 @@ def add_parser(subparsers) -> None:
     tok.add_argument("--eov-id", type=int, default=8193, help="end-of-video code (LWM: 8193)")
     tok.add_argument("--skip-bad", action="store_true", help="report and skip unreadable inputs")
     tok.add_argument("--resume", action="store_true", help="append to an existing --out")
-    tok.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    tok.add_argument(
+        "--overwrite", action="store_true", help="replace an --out an earlier tokenize wrote"
+    )
     tok.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_allow_short_arg(tok)
     tok.set_defaults(func=_tokenize)
@@ -47,11 +50,31 @@ def add_parser(subparsers) -> None:
     rec.set_defaults(func=_reconstruct)
 
 
+def _is_tokenize_output(path: pathlib.Path) -> bool:
+    from lwm.data.output_guard import first_json_record
+
+    rec = first_json_record(path)
+    return isinstance(rec, dict) and "vision" in rec and "source" in rec
+
+
+def _check_tokenize_out(args) -> None:
+    """Before any work: --out is no input (a video, a directory of them, --captions) and
+    --overwrite / --resume touch only a jsonl an earlier `video tokenize` wrote."""
+    from lwm.data.output_guard import check_out_not_input, check_replaceable_file
+
+    out = pathlib.Path(args.out)
+    inputs = [*args.input, *([args.captions] if args.captions else [])]
+    check_out_not_input(out, inputs, inside_ok=True)  # a .jsonl beside the videos is not read
+    if (args.overwrite or args.resume) and (out.exists() or out.is_symlink()):
+        check_replaceable_file(out, _is_tokenize_output, "lwm video tokenize")
+
+
 def _tokenize(args) -> int:
     from lwm.video.tokenize import load_captions_file, tokenize_files
     from lwm.video.vqgan import make_encode_fn
     from lwm.video.vqgan_checkpoint import load_vqgan
 
+    _check_tokenize_out(args)
     vqgan = load_vqgan(args.vqgan, expect=args.preset)
     captions = load_captions_file(args.captions) if args.captions else None
     report = tokenize_files(

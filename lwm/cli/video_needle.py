@@ -110,27 +110,30 @@ def run(args: argparse.Namespace) -> int:
 
     load_template(args)  # a bad --template fails before anything is loaded
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
-    table = evaluate_video_needles(
-        args.checkpoint,
-        args.vqgan,
-        tokenizer,
-        spec,
-        lengths=lengths,
-        depths=depths,
-        samples=args.samples,
-        out_dir=args.out,
-        template=load_template(args, tokenizer),
-        batch_size=args.batch_size,
-        encode_batch=args.encode_batch,
-        max_new_tokens=args.max_new_tokens,
-        mesh_spec=args.mesh,
-        prefill_chunk=args.prefill_chunk,
-        skip_too_long=args.skip_too_long,
-        warn=lambda m: print(f"lwm video-needle: warning: {m}", file=sys.stderr),
-        title=args.title,
-        overwrite=args.overwrite,
-        strict=args.strict,
-        allow_short=args.allow_short,
-    )
+    from lwm.workdir_lock import workdir_lock
+
+    with workdir_lock(args.out, "lwm video-needle"):  # one process per --out
+        table = evaluate_video_needles(
+            args.checkpoint,
+            args.vqgan,
+            tokenizer,
+            spec,
+            lengths=lengths,
+            depths=depths,
+            samples=args.samples,
+            out_dir=args.out,
+            template=load_template(args, tokenizer),
+            batch_size=args.batch_size,
+            encode_batch=args.encode_batch,
+            max_new_tokens=args.max_new_tokens,
+            mesh_spec=args.mesh,
+            prefill_chunk=args.prefill_chunk,
+            skip_too_long=args.skip_too_long,
+            warn=lambda m: print(f"lwm video-needle: warning: {m}", file=sys.stderr),
+            title=args.title,
+            overwrite=args.overwrite,
+            strict=args.strict,
+            allow_short=args.allow_short,
+        )
     print(table)
     return 0

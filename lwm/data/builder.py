@@ -23,12 +23,19 @@ from typing import Any
 
 import numpy as np
 
+from lwm.data.dataset_manifest import (
+    DATASET_NAME,
+    check_replaceable,
+    replace_dataset,
+    write_manifest,
+)
 from lwm.data.fields import ExampleEncoder
+from lwm.data.json_input import JsonTooDeep, loads_bounded
+from lwm.data.output_guard import check_out_not_input
 from lwm.data.parquet_input import iter_parquet_records
 from lwm.data.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 from lwm.errors import LwmError
 
-DATASET_NAME = "lwm_tokens"
 DATASET_VERSION = "1.0.0"
 FEATURE_KEYS = ("tokens", "loss_mask", "vision_mask")
 
@@ -50,17 +57,19 @@ class BuildStats:
 INPUT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
-def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
-    """`a.jsonl,b.parquet` or a list of paths; a directory stands for its `.txt` / `.jsonl` /
-    `.parquet` files."""
+def input_items(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
+    """The paths named by `--input`: `a.jsonl,b.parquet` or a list of paths (not expanded)."""
     if isinstance(inputs, os.PathLike):
         inputs = [inputs]
     items = inputs.split(",") if isinstance(inputs, str) else list(inputs)
+    return [pathlib.Path(str(item).strip()) for item in items if str(item).strip()]
+
+
+def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
+    """`a.jsonl,b.parquet` or a list of paths; a directory stands for its `.txt` / `.jsonl` /
+    `.parquet` files."""
     files: list[pathlib.Path] = []
-    for item in items:
-        if not str(item).strip():
-            continue
-        p = pathlib.Path(str(item).strip())
+    for p in input_items(inputs):
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix in INPUT_SUFFIXES and q.is_file())
             if not found:
@@ -116,9 +125,11 @@ def iter_records(
                     if not line.strip():
                         continue
                     try:
-                        rec = json.loads(line)
+                        rec = loads_bounded(line)
                     except json.JSONDecodeError as e:
                         raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+                    except JsonTooDeep as e:
+                        raise ValueError(f"not valid JSON ({e})") from None
                     if not isinstance(rec, dict):
                         raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
                     missing = [k for k in keys if k not in rec]
@@ -289,14 +300,19 @@ def build_dataset(
     """Builds a dataset directory at `out_dir`; returns its metadata (counts, max ids, ...).
 
     `encoder_kw` go to ExampleEncoder (add_bos, add_eos, max_n_frames, tokens_per_frame, ...).
-    Refuses an existing `out_dir` unless `overwrite`.
+    Refuses, before any work, an `out_dir` that is, holds or lies inside an input, and an existing
+    `out_dir` unless `overwrite`; `overwrite` replaces only a dataset an earlier build wrote (see
+    `check_replaceable`), never foreign files.
     """
     import tensorflow_datasets as tfds
 
     out = pathlib.Path(out_dir)
-    if out.exists() and not overwrite:
-        raise LwmError(f"output directory {out} exists; pass --overwrite to replace it")
     files = expand_inputs(inputs)
+    check_out_not_input(out, [*input_items(inputs), *files])
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise LwmError(f"output directory {out} exists; pass --overwrite to replace it")
+        check_replaceable(out)
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str | os.PathLike) else tokenizer
     encoder = ExampleEncoder(tok, fields, **encoder_kw)
     check_has_examples(files, encoder, skip_bad=skip_bad)
@@ -324,9 +340,8 @@ def build_dataset(
             raise LwmError(f"no examples in {', '.join(map(str, files))}")
         # The dataset carries its tokenizer: training on it and later commands need no path.
         save_tokenizer(tok, built)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(built, out)
+        write_manifest(built, meta)
+        replace_dataset(built, out, work)
     except LwmError:
         raise
     except Exception as e:  # noqa: BLE001 - TFDS may wrap our error; surface it on one line

@@ -16,6 +16,7 @@ import pathlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from lwm.data.json_input import loads_bounded
 from lwm.errors import LwmError
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -34,9 +35,11 @@ def read_json_file(path: pathlib.Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        data = loads_bounded(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LwmError(f"{path}: not valid JSON (not UTF-8)") from None
+    except ValueError as e:  # json.JSONDecodeError, or JsonTooDeep
+        why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
         raise LwmError(f"{path}: not valid JSON ({why})") from None
     if not isinstance(data, dict):
         raise LwmError(f"{path}: expected a JSON object, got {type(data).__name__}")

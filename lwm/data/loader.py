@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import copy
-import json
 import pathlib
 import queue
 import threading
@@ -24,12 +23,11 @@ import grain
 import numpy as np
 
 from lwm.data.config import DataConfig
-from lwm.data.packing import BATCH_KEYS, Packer, materialize_row
+from lwm.data.json_input import loads_bounded
+from lwm.data.packed_rows import PackedRows, StreamInfo
+from lwm.data.packing import BATCH_KEYS
 from lwm.data.split import Subset, select_records
 from lwm.errors import LwmError
-
-STATE_VERSION = 1
-
 
 # ----------------------------------------------------------------------------- dataset access
 
@@ -46,7 +44,19 @@ def _dataset_dir(path: str | pathlib.Path) -> pathlib.Path:
 def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:
     """Our build statistics (token counts, largest ids, fields, tokenizer) of a built dataset."""
     p = _dataset_dir(path) / "metadata.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    try:
+        meta = loads_bounded(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: malformed or nested too deeply
+        raise LwmError(f"{p}: not valid JSON ({_one_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise LwmError(f"{p}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _one_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def open_source(path: str | pathlib.Path, split: str = "train"):
@@ -91,106 +101,6 @@ def example_stream(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     return ds.repeat(num_epochs or None)
-
-
-# ----------------------------------------------------------------------------- packed rows
-
-
-class PackedRows(grain.IterDataset):
-    """Packed rows (dicts of [seq_len] arrays, see lwm.data.packing.BATCH_KEYS) of a stream."""
-
-    def __init__(self, stream: grain.MapDataset, cfg: DataConfig, seq_len: int, fingerprint: dict):
-        super().__init__()
-        self._stream = stream
-        self._cfg = cfg
-        self._seq_len = seq_len
-        self._fingerprint = fingerprint
-
-    def __iter__(self) -> PackedRowIterator:
-        return PackedRowIterator(self._stream, self._cfg, self._seq_len, self._fingerprint)
-
-    def __str__(self) -> str:
-        return f"PackedRows(seq_len={self._seq_len}, packing={self._cfg.packing})"
-
-
-class PackedRowIterator(grain.DatasetIterator):
-    def __init__(self, stream: grain.MapDataset, cfg: DataConfig, seq_len: int, fingerprint: dict):
-        super().__init__()
-        self._stream = stream
-        self._len = len(stream)
-        self._cfg = cfg
-        self._seq_len = seq_len
-        self._fingerprint = fingerprint
-        self._packer = Packer(
-            seq_len, cfg.packing, open_rows=cfg.open_rows, long_examples=cfg.long_examples
-        )
-        self._next = 0  # next stream index to read
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
-
-    def _fetch(self, k: int) -> dict[str, np.ndarray]:
-        ex = self._cache.get(k)
-        if ex is None:
-            raw = self._stream[k]
-            ex = {key: np.asarray(raw[key]) for key in ("tokens", "loss_mask", "vision_mask")}
-            self._cache[k] = ex
-        return ex
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        packer = self._packer
-        while not packer.ready:
-            if packer.pending:
-                packer.place_pending()
-            elif self._next < self._len:
-                k = self._next
-                self._next += 1
-                n = len(self._fetch(k)["tokens"])
-                if n < self._cfg.min_example_len:
-                    packer.dropped_examples += 1
-                    self._cache.pop(k, None)
-                else:
-                    packer.add_example(k, n - 1)
-            elif packer.open:
-                packer.flush()
-            else:
-                raise StopIteration
-        row = packer.ready.popleft()
-        out = materialize_row(
-            row,
-            {k: self._fetch(k) for k, _, _ in row},
-            self._seq_len,
-            self._cfg.pad_id,
-            position_stretch=self._cfg.position_stretch,
-            seed=int(self._fingerprint["seed"]),
-        )
-        live = packer.referenced()
-        for k in [k for k in self._cache if k not in live]:
-            del self._cache[k]
-        return out
-
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            **self._fingerprint,
-            "seq_len": self._seq_len,
-            "next": self._next,
-            "packer": self._packer.get_state(),
-        }
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise LwmError(f"data iterator state has version {state.get('version')}, expected 1")
-        for key, want in self._fingerprint.items():
-            got = state.get(key)
-            if isinstance(want, list | tuple):
-                got = list(got) if got is not None else None
-                want = list(want)
-            if got != want:
-                raise LwmError(
-                    f"data iterator state is for {key}={got!r} but this run has {key}={want!r}"
-                )
-        self._next = int(state["next"])
-        self._packer.set_state(state["packer"])
-        self._cache.clear()
 
 
 # ----------------------------------------------------------------------------- host iterator
@@ -311,9 +221,11 @@ def make_host_iterator(
     shard_index: int = 0,
     shard_count: int = 1,
     subset: Subset = "train",
+    name: str = "data",
 ) -> HostBatchIterator:
     """Numpy batches of `batch_size` packed rows for data shard `shard_index` of `shard_count`,
-    of the training records or (`subset="eval"`) the validation split (see lwm.data.split)."""
+    of the training records or (`subset="eval"`) the validation split (see lwm.data.split).
+    `name` starts the error raised when every example is dropped (e.g. "stages[1] data")."""
     cfg = DataConfig.from_dict(data_cfg)
     if seq_len < 1 or batch_size < 1:
         raise LwmError(f"seq_len and batch size must be positive, got {seq_len}, {batch_size}")
@@ -339,7 +251,10 @@ def make_host_iterator(
     }
     if cfg.eval_fraction and not separate_eval:  # a state is only valid for the same split
         fingerprint["eval_fraction"] = cfg.eval_fraction
-    ds: grain.IterDataset = PackedRows(stream, cfg, seq_len, fingerprint)
+    info = StreamInfo(
+        name, len(range(shard_index, len(source), shard_count)), (shard_index, shard_count)
+    )
+    ds: grain.IterDataset = PackedRows(stream, cfg, seq_len, fingerprint, info)
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
     return HostBatchIterator(ds, prefetch=cfg.prefetch)
 
@@ -416,12 +331,14 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     subset: Subset = "train",
+    name: str = "data",
 ) -> GlobalBatchIterator:
     """The trainer's iterator: global `[global_batch_size, seq_len]` jax Arrays per key
     (`subset="eval"`: of the validation split).
 
     The data shard of this process is derived from the mesh (processes holding the same batch rows
-    read the same data); `process_index` / `process_count` override it.
+    read the same data); `process_index` / `process_count` override it. `name` starts the error
+    raised when every example is dropped (`min_example_len`, `long_examples="drop"`).
     """
     import jax
 
@@ -453,5 +370,6 @@ def make_train_iterator(
         shard_index=shard_index,
         shard_count=shard_count,
         subset=subset,
+        name=name,
     )
     return GlobalBatchIterator(host, sharding, shape, cols)

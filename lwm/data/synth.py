@@ -144,6 +144,8 @@ def jsonl_sentences(path: str | pathlib.Path, key: str = "text") -> list[str]:
     """All sentences of the `key` field of each record of a `.jsonl` file (e.g. documents)."""
     import json
 
+    from lwm.data.json_input import loads_bounded
+
     p = pathlib.Path(path)
     if not p.is_file():
         raise LwmError(f"haystack file not found: {p}")
@@ -153,9 +155,10 @@ def jsonl_sentences(path: str | pathlib.Path, key: str = "text") -> list[str]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LwmError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+                rec = loads_bounded(line)
+            except ValueError as e:  # JSONDecodeError, or nested too deeply
+                why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+                raise LwmError(f"{p}:{lineno}: not valid JSON ({why})") from None
             if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
                 raise LwmError(f"{p}:{lineno}: expected an object with a string {key!r} field")
             sents.extend(split_sentences(rec[key]))

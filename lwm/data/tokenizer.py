@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from lwm.data.hf_tokenizer import SIDE_FILES, TOKENIZER_JSON, HfTokenizer
+from lwm.data.output_guard import check_out_not_input, check_replaceable_file
 from lwm.data.sentencepiece_tokenizer import MODEL_FILE, SentencePieceTokenizer
 from lwm.errors import LwmError
 from lwm.io import write_bytes
@@ -117,6 +118,30 @@ def _without_input_paths(model: bytes) -> bytes:
     return proto.SerializeToString()
 
 
+def _is_sentencepiece_model(path: pathlib.Path) -> bool:
+    """Whether `path` parses as a serialized sentencepiece model with pieces."""
+    from google.protobuf.message import DecodeError
+    from sentencepiece import sentencepiece_model_pb2
+
+    if path.stat().st_size > 1 << 30:
+        return False
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except DecodeError:
+        return False
+    return len(proto.pieces) > 0
+
+
+def _has_text(path: pathlib.Path) -> bool:
+    """Whether the file holds anything but whitespace (reads up to the first such byte)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return True
+    return False
+
+
 def train_tokenizer(
     input_files: Sequence[str | os.PathLike],
     vocab_size: int,
@@ -128,6 +153,7 @@ def train_tokenizer(
     user_defined_symbols: Sequence[str] = VISION_MARKERS,
     seed: int = 0,
     overwrite: bool = False,
+    strict_vocab: bool = False,
 ) -> SentencePieceTokenizer:
     """Trains a LLaMA-style sentencepiece model (unk=0, bos=1, eos=2, no pad; digits split, byte
     fallback so any text round-trips) and writes it atomically to `out_path`.
@@ -135,6 +161,10 @@ def train_tokenizer(
     Deterministic: same text, settings and seed give the same model bytes, wherever the files
     are (single-threaded training; the input is sampled with a seeded generator when longer
     than `max_sentences`; the input paths are not recorded).
+
+    A corpus too small for `vocab_size` gives a smaller model (its `vocab_size` says how large);
+    `strict_vocab` refuses it instead, writing nothing. `out_path` may not be an input, and
+    `overwrite` replaces only a sentencepiece model, never another file.
     """
     import sentencepiece as spm
 
@@ -147,8 +177,14 @@ def train_tokenizer(
         if "," in str(f):
             raise LwmError(f"tokenizer training input path may not contain ',': {f}")
     out = pathlib.Path(out_path)
-    if out.exists() and not overwrite:
-        raise LwmError(f"{out} exists; pass --overwrite to replace it")
+    check_out_not_input(out, files)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise LwmError(f"{out} exists; pass --overwrite to replace it")
+        check_replaceable_file(out, _is_sentencepiece_model, "lwm tokenizer train")
+    if not any(_has_text(f) for f in files):
+        names = ", ".join(map(str, files))
+        raise LwmError(f"tokenizer training input has no text: {names} (empty or only whitespace)")
     # byte fallback reserves 256 pieces, plus unk/bos/eos and the user symbols.
     min_vocab = 256 + 3 + len(user_defined_symbols) + 1
     if vocab_size < min_vocab:
@@ -180,5 +216,16 @@ def train_tokenizer(
         raise LwmError(
             f"sentencepiece training failed: {str(e).strip().splitlines()[-1]}"
         ) from None
-    write_bytes(out, _without_input_paths(buf.getvalue()))  # atomic, 0644: shared with the model
+    model = _without_input_paths(buf.getvalue())
+    if strict_vocab:
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(model)
+        if len(proto.pieces) < vocab_size:
+            raise LwmError(
+                f"the corpus supports only {len(proto.pieces)} pieces, not the {vocab_size} "
+                "requested (--strict-vocab); nothing written"
+            )
+    write_bytes(out, model)  # atomic, 0644: shared with the model
     return SentencePieceTokenizer(out)

@@ -22,6 +22,8 @@ import ml_collections
 from lwm.demo.phases import DemoPaths, Phases, stage_table, train_stages, write_summary_files
 from lwm.demo.seed import apply_seed, claim_workdir
 from lwm.errors import LwmError
+from lwm.failed_start import undo_failed_start
+from lwm.workdir_lock import workdir_lock
 
 
 def ensure_host_devices(n: int) -> None:
@@ -232,15 +234,18 @@ def run_demo(
     phases = Phases()
     check_data_section(config.demo)
     paths = DemoPaths(pathlib.Path(workdir).expanduser().resolve())
-    claim_workdir(paths.root, "text", apply_seed(config))  # before any work
-    with phases("data"):
-        dataset = prepare_data(config, paths)
-        with config.unlocked():
-            config.data.path = str(dataset)
-    with phases("training"):
-        stage_times = train_stages(config, paths)
-    with phases("evals"):
-        evals = run_evals(config, paths)
-    text = write_summary(config, paths, stage_times, evals, phases)
+    # One demo per workdir; a failure before the data is built leaves nothing it created.
+    with workdir_lock(paths.root, "lwm demo"), undo_failed_start(paths.root) as created:
+        claim_workdir(paths.root, "text", apply_seed(config))  # before any work
+        with phases("data"):
+            dataset = prepare_data(config, paths)
+            with config.unlocked():
+                config.data.path = str(dataset)
+        created.keep()
+        with phases("training"):
+            stage_times = train_stages(config, paths)
+        with phases("evals"):
+            evals = run_evals(config, paths)
+        text = write_summary(config, paths, stage_times, evals, phases)
     log(f"results in {paths.results}")
     return text

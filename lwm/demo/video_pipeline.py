@@ -35,7 +35,9 @@ from lwm.demo.video_clips import load_frames, split_clips
 from lwm.demo.video_clips import say as _say
 from lwm.demo.video_material import check_material, needle_images, write_augmented_haystack
 from lwm.errors import LwmError
+from lwm.failed_start import undo_failed_start
 from lwm.io import write_json
+from lwm.workdir_lock import workdir_lock
 
 VIDEO_FIELDS = "[head+vision+question],answer"
 """Field spec of the training records: template head, video and question are the (masked)
@@ -456,37 +458,41 @@ def run_video_demo(
     check_vision_model(ModelConfig.from_dict(config.model), codebook, where="config.model")
     check_material(config.demo)
     paths = VideoDemoPaths(pathlib.Path(workdir).expanduser().resolve())
-    claim_workdir(paths.root, "video", apply_seed(config))  # before any work
-    paths.data.mkdir(parents=True, exist_ok=True)
-    d = config.demo
-    phases = Phases()
-    with phases("clips"):
-        split = split_clips(d, paths.clips, int(config.vqgan.resolution))
-    with phases("vqgan"):
-        vqgan = train_demo_vqgan(config, paths)
-    with phases("tokenizer"):
-        tok = train_demo_tokenizer(d, paths)
-        if tok.vocab_size > config.model.vocab_size:
-            raise LwmError(
-                f"tokenizer has {tok.vocab_size} pieces but model.vocab_size is "
-                f"{config.model.vocab_size}"
-            )
-    with phases("data"):
-        dataset = prepare_video_data(config, paths, tok)
-        with config.unlocked():
-            config.data.path = str(dataset)
-    with phases("training"):
-        stage_times = train_stages(config, paths)
-    with phases("eval"):
-        evals = run_video_eval(config, paths, tok)
-    text = write_video_summary(
-        config,
-        paths,
-        split=split,
-        vqgan=vqgan,
-        stage_times=stage_times,
-        evals=evals,
-        phases=phases,
-    )
+    # One demo per workdir; a failure before the clips are split (a bad clip) leaves nothing
+    # it created.
+    with workdir_lock(paths.root, "lwm demo --video"), undo_failed_start(paths.root) as created:
+        claim_workdir(paths.root, "video", apply_seed(config))  # before any work
+        paths.data.mkdir(parents=True, exist_ok=True)
+        d = config.demo
+        phases = Phases()
+        with phases("clips"):
+            split = split_clips(d, paths.clips, int(config.vqgan.resolution))
+        created.keep()
+        with phases("vqgan"):
+            vqgan = train_demo_vqgan(config, paths)
+        with phases("tokenizer"):
+            tok = train_demo_tokenizer(d, paths)
+            if tok.vocab_size > config.model.vocab_size:
+                raise LwmError(
+                    f"tokenizer has {tok.vocab_size} pieces but model.vocab_size is "
+                    f"{config.model.vocab_size}"
+                )
+        with phases("data"):
+            dataset = prepare_video_data(config, paths, tok)
+            with config.unlocked():
+                config.data.path = str(dataset)
+        with phases("training"):
+            stage_times = train_stages(config, paths)
+        with phases("eval"):
+            evals = run_video_eval(config, paths, tok)
+        text = write_video_summary(
+            config,
+            paths,
+            split=split,
+            vqgan=vqgan,
+            stage_times=stage_times,
+            evals=evals,
+            phases=phases,
+        )
     log(f"results in {paths.results}")
     return text

@@ -27,6 +27,7 @@ from lwm.errors import LwmError
 from lwm.evals.results import (
     RESULTS_FILE,
     grid_identity,
+    holds_files,
     log_records,
     open_results_dir,
     undo_new_dir_on_error,
@@ -257,7 +258,7 @@ def run_needle_eval(
         "max_new_tokens": max_new_tokens,
         "grid": grid_identity(lengths, depths, samples),
     }
-    existed = out.exists()
+    existed = holds_files(out)
     done = open_results_dir(out, ident, what="needle", overwrite=overwrite)
     haystack = load_haystack(spec.haystack)
     jobs = grid_jobs(lengths, depths, samples)

@@ -21,6 +21,7 @@ from typing import Any
 
 from lwm.errors import LwmError
 from lwm.io import write_json
+from lwm.workdir_lock import LOCK_FILE
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "needle_config.json"
@@ -164,6 +165,13 @@ def grid_identity(lengths: Sequence[int], depths: Sequence[float], samples: int)
         "depths": [round(float(d), 6) for d in depths],
         "samples": int(samples),
     }
+
+
+def holds_files(out_dir: str | os.PathLike) -> bool:
+    """Whether `out_dir` exists holding anything but the lock file of the command now running
+    (`lwm.workdir_lock`, which creates the directory): a results folder that is not new."""
+    out = pathlib.Path(out_dir)
+    return out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
 
 
 @contextlib.contextmanager

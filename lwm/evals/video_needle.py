@@ -45,6 +45,7 @@ from lwm.evals.needle_images import answer_matches
 from lwm.evals.results import (
     RESULTS_FILE,
     grid_identity,
+    holds_files,
     log_records,
     open_results_dir,
     undo_new_dir_on_error,
@@ -93,7 +94,7 @@ def run_video_needle_eval(
         "max_new_tokens": max_new_tokens,
         "grid": grid_identity(lengths, depths, samples),
     }
-    existed = out.exists()
+    existed = holds_files(out)
     done = open_results_dir(out, ident, what="video needle", overwrite=overwrite)
     jobs = grid_jobs(lengths, depths, samples)
     results_path = out / RESULTS_FILE

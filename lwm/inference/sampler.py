@@ -30,7 +30,16 @@ from lwm.attention.cached import check_cache
 from lwm.cache.kv_cache import KVCache, bucket, grow, init_cache, repeat_rows
 from lwm.cache.slots import CacheSlots
 from lwm.errors import LwmError
-from lwm.inference.sampling import GREEDY, EosIds, SamplingConfig, eos_set, sample_logits
+from lwm.inference.sampling import (
+    GREEDY,
+    EosIds,
+    SamplingConfig,
+    cut_rows,
+    eos_set,
+    next_pow2,
+    pad_rows,
+    sample_logits,
+)
 from lwm.models.transformer import Transformer
 
 StreamFn = Callable[[int, np.ndarray], None]
@@ -69,10 +78,6 @@ class Generation:
     """`[B, steps]` int32 generated tokens."""
     logits: np.ndarray | None = None
     """`[B, steps, V]` logits each token was chosen from (with `return_logits`)."""
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 class Sampler:
@@ -190,7 +195,7 @@ class Sampler:
 
     def chunk_len(self, longest: int) -> int:
         """The prefill chunk for prompts of up to `longest` tokens."""
-        chunk = min(self.prefill_chunk, _next_pow2(max(longest, 16)))
+        chunk = min(self.prefill_chunk, next_pow2(max(longest, 16)))
         ffn = self.config.ffn_chunk_size
         if ffn and chunk > ffn and chunk % (ffn * self.sp):
             chunk = ffn  # the blockwise FFN needs chunk % (sp x ffn_chunk_size) == 0
@@ -333,8 +338,10 @@ class Sampler:
             if stops:
                 done[:] |= np.isin(t, stops)
 
-        forced_dev = jnp.asarray(forced, jnp.int32)
-        scales_dev = jnp.asarray(scales, jnp.float32)
+        # Padded to a power of two: the step's compile key holds their shapes, and a new step
+        # count must not recompile it (needle budgets and --max-new-tokens vary per request).
+        forced_dev = jnp.asarray(pad_rows(np.asarray(forced, np.int32), -1))
+        scales_dev = jnp.asarray(pad_rows(np.asarray(scales, np.float32), 1.0))
         first_slot = jnp.int32(length)
         for i in range(1, steps):
             cache, logits, tok = step_fn(
@@ -392,17 +399,6 @@ class Sampler:
         if max_new_tokens < 1:
             raise LwmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         return max(1, min(max_new_tokens, self.config.max_sequence_length - shortest))
-
-    def _cut(self, gen: Generation, lengths: Sequence[int], eos_id: EosIds) -> list[list[int]]:
-        """Per-row tokens, cut after the first EOS and at max_sequence_length."""
-        stops, out = eos_set(eos_id), []
-        for row, n in zip(gen.tokens.tolist(), lengths):
-            row = row[: max(0, self.config.max_sequence_length - n)]
-            ends = [i for i, t in enumerate(row) if t in stops]
-            if ends:
-                row = row[: ends[0] + 1]
-            out.append(row)
-        return out
 
     def generate(
         self,
@@ -494,4 +490,4 @@ class Sampler:
             eos_id=eos_id,
             stream=stream,
         )
-        return self._cut(gen, lengths, eos_id)
+        return cut_rows(gen.tokens.tolist(), lengths, self.config.max_sequence_length, eos_id)

@@ -78,3 +78,26 @@ def eos_set(eos_id: EosIds) -> frozenset[int]:
     if isinstance(eos_id, int | np.integer):
         return frozenset((int(eos_id),))
     return frozenset(int(i) for i in eos_id)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def pad_rows(x: np.ndarray, fill) -> np.ndarray:
+    """`x` with its first axis padded with `fill` to a power of two (at least 16)."""
+    rows = next_pow2(max(x.shape[0], 16))
+    pad = np.full((rows - x.shape[0], *x.shape[1:]), fill, x.dtype)
+    return np.concatenate([x, pad])
+
+
+def cut_rows(
+    rows: list[list[int]], prompt_lengths: Sequence[int], max_len: int, eos_id: EosIds
+) -> list[list[int]]:
+    """Generated rows cut after their first stop id and where prompt + row reach `max_len`."""
+    stops, out = eos_set(eos_id), []
+    for row, n in zip(rows, prompt_lengths):
+        row = row[: max(0, max_len - n)]
+        ends = [i for i, t in enumerate(row) if t in stops]
+        out.append(row[: ends[0] + 1] if ends else row)
+    return out

@@ -81,8 +81,14 @@ class Attention(nnx.Module):
         return q_btnh, k_btkh, v_btkh
 
     def project_out(self, out_btnh: jax.Array) -> jax.Array:
-        out_btnh = out_btnh.astype(self.dtype)
-        return jnp.einsum("btnh,nhd->btd", out_btnh, self.wo[...].astype(self.dtype))
+        """`[B, T, N, H]` -> `[B, T, D]`. Heads and head_dim are merged into one contracting
+        axis first (free reshapes of contiguous axes): XLA:CPU lowers a dot with two contracting
+        axes to a naive loop, ~18x slower than the matmul (2.2 vs 40 GB/s of weights streamed
+        in decode: half of a SmolLM2-135M decode step)."""
+        b, t, n, h = out_btnh.shape
+        out_btk = out_btnh.astype(self.dtype).reshape(b, t, n * h)
+        wo_kd = self.wo[...].astype(self.dtype).reshape(n * h, -1)
+        return jnp.einsum("btk,kd->btd", out_btk, wo_kd)
 
     def __call__(
         self,

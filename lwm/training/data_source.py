@@ -42,6 +42,7 @@ def _iterator(spec: RunSpec, st: ResolvedStage, mesh, model: ModelConfig, *, see
         mesh=mesh,
         seed=seed,
         subset=subset,
+        name=f"stages[{st.index}] {'eval ' if subset == 'eval' else ''}data",
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lwm.io import savefig, write_jsonl
+from lwm.write_errors import RERUN_TO_RESUME, write_failed
 
 
 class MetricsWriter:
@@ -29,9 +30,15 @@ class MetricsWriter:
 
     def write(self, record: Mapping[str, Any]) -> None:
         clean = {k: _jsonable(v) for k, v in record.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
-            f.flush()
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(clean) + "\n")
+                f.flush()
+        except OSError as e:  # a torn last line is ignored by readers and dropped on resume
+            err = write_failed(e, self.path, then=RERUN_TO_RESUME)
+            if err is None:
+                raise
+            raise err from None
 
 
 def _jsonable(v: Any) -> Any:

@@ -2,9 +2,10 @@
 saves the current step and stops, and `lwm train` exits with `EXIT_INTERRUPTED`.
 
 Exit codes of `lwm train`: 0 done (or `--max-steps` reached, with a checkpoint); 2 bad input;
-75 (`EX_TEMPFAIL`) interrupted by SIGTERM/SIGINT after saving the current step (resumable: rerun
-the same command); 130 a second Ctrl-C, which stops at once without saving (resume from the last
-periodic checkpoint).
+74 (`lwm.write_errors.EXIT_WRITE_FAILED`) a write failed (disk full, quota, permission): once
+fixed, a rerun resumes from the last committed checkpoint; 75 (`EX_TEMPFAIL`) interrupted by
+SIGTERM/SIGINT after saving the current step (resumable: rerun the same command); 130 a second
+Ctrl-C, which stops at once without saving (resume from the last periodic checkpoint).
 """
 
 from __future__ import annotations

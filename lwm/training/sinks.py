@@ -16,6 +16,7 @@ import importlib.util
 import math
 import pathlib
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -24,6 +25,9 @@ from lwm.training.config import TrainConfig
 from lwm.training.metrics import MetricsWriter
 
 _KEYS = ("step",)
+
+LOGGED_FILE = "logged_step"
+"""In `<workdir>/wandb`: the last step the W&B run logged."""
 
 
 class MetricSink(Protocol):
@@ -83,18 +87,20 @@ class JsonlSink:
 
 class TensorBoardSink:
     """Event files under `<workdir>/tensorboard`. A restart purges events after the restored
-    step (TensorBoard drops them), as metrics.jsonl is truncated."""
+    step (TensorBoard drops them), as metrics.jsonl is truncated; a fresh start purges all (the
+    events of a run killed before its first checkpoint would otherwise show twice)."""
 
     def __init__(self, logdir: pathlib.Path, resume_step: int):
         from tensorboardX import SummaryWriter
 
         # tensorboardX names event files by the second and the host: a writer opened in the same
         # second as the previous one (a quick restart) would overwrite its file, losing the steps
-        # before the restart. A random suffix keeps every writer's file.
+        # before the restart. A nanosecond suffix keeps every writer's file, and keeps name order
+        # (the order TensorBoard reads them in, so the order its purges apply in) creation order.
         self._writer = SummaryWriter(
             logdir=str(logdir),
-            purge_step=resume_step + 1 if resume_step else None,
-            filename_suffix=f".{secrets.token_hex(4)}",
+            purge_step=resume_step + 1,
+            filename_suffix=f".{time.time_ns()}",
         )
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -109,7 +115,12 @@ class TensorBoardSink:
 
 class WandbSink:
     """A W&B run in `<workdir>/wandb`; its id is kept there so a restart continues the same run.
-    `WANDB_MODE=offline` writes it locally (sync later with `wandb sync`)."""
+    `WANDB_MODE=offline` writes it locally (sync later with `wandb sync`).
+
+    A W&B history cannot be rewound: a restart from a checkpoint older than the last step
+    logged (a kill between checkpoints) skips the steps the run already logged (`LOGGED_FILE`)
+    instead of logging them twice; a resume recomputes them bit-identically, so W&B shows the
+    same values metrics.jsonl holds."""
 
     def __init__(
         self, project: str, workdir: pathlib.Path, config: Mapping[str, Any], resume_step: int
@@ -126,6 +137,8 @@ class WandbSink:
         else:
             run_id = secrets.token_hex(4)
             write_text(id_file, run_id + "\n")
+        self._logged_path = root / LOGGED_FILE
+        self._logged = _read_step(self._logged_path)
         self._run = wandb.init(
             project=project,
             dir=str(root),
@@ -136,10 +149,24 @@ class WandbSink:
         )
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self._run.log(_scalars(record), step=int(record["step"]))
+        from lwm.io import write_text
+
+        step = int(record["step"])
+        if step <= self._logged:
+            return  # this W&B run already holds it (logged before a restart)
+        self._run.log(_scalars(record), step=step)
+        self._logged = step
+        write_text(self._logged_path, f"{step}\n")
 
     def close(self) -> None:
         self._run.finish()
+
+
+def _read_step(path: pathlib.Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 def make_sinks(

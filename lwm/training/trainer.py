@@ -4,6 +4,8 @@ Workdir layout: `config.json` (the run's config at first start), `checkpoints/<s
 `metrics.jsonl`, `loss_curve.png` (and `tensorboard/`, `wandb/` when asked for). A restart finds
 the latest checkpoint and continues inside the stage it names (a finished stage moves on to the
 next one); a workdir that holds a different model or foreign files is refused before any compute.
+One process per workdir (`lwm.workdir_lock`, `.lwm.lock`); a run that fails before its first step
+(a bad `init_from`, ...) removes what it created (`lwm.failed_start`).
 
 The loop itself (`lwm.training.loop`, shared with the VQGAN trainer) only steps; everything else
 happens in hooks (`lwm.training.hooks`): the stage log lines, progress bar, eval, metric records,
@@ -26,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from lwm.checkpoint import Checkpointer, UnreadableStepError
+from lwm.failed_start import undo_failed_start
 from lwm.io import write_text
 from lwm.training import callbacks
 from lwm.training.data_source import make_data_iterator
@@ -45,8 +48,14 @@ from lwm.training.stages import (
     stage_step_fn,
 )
 from lwm.training.train_step import batch_shardings, jit_train_step
-from lwm.training.workdir import check_resume_seq_len, refuse_foreign, resume_metadata
+from lwm.training.workdir import (
+    check_resume_seq_len,
+    check_workdir_usable,
+    refuse_foreign,
+    resume_metadata,
+)
 from lwm.training.workdir_tokenizer import copy_tokenizer_to_workdir
+from lwm.workdir_lock import workdir_lock
 
 # Re-exported: callers built before the split import these from here.
 __all__ = [
@@ -102,6 +111,7 @@ class Trainer:
         self._signals: StopRequest | None = None
         self._preemption: callbacks.Preemption | None = None
         self._contexts: dict[int, StageContext] = {}
+        self._first_step: Callable[[], None] = lambda: None
 
     def stage_context(self, index: int) -> StageContext:
         """Stage `index`'s mesh, model definition, optimizer and shardings, built once."""
@@ -123,6 +133,7 @@ class Trainer:
     def _attach(self, ckpt: Checkpointer, fingerprint: str, sinks: Sequence[MetricSink]) -> Hooks:
         train = self.spec.train
         hooks = Hooks()
+        hooks.add(lambda _: self._first_step(), event="step")  # from here a failure keeps files
         stage_log = callbacks.StageLog(self.log)
         hooks.add(stage_log.start, event="stage_start")
         if self.primary and train.progress_bar:
@@ -152,12 +163,21 @@ class Trainer:
     # -- run -------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        spec = self.spec
+        """Runs (or resumes) the stages holding the workdir's lock (`lwm.workdir_lock`; process 0
+        of a job); a run that fails before its first step removes what it created."""
+        check_workdir_usable(self.workdir)
         # Stages differ in RoPE and length only, never in params: stage 0's model says it.
         fingerprint = param_fingerprint(self.stage_context(0).mdef)
         if not (self.workdir / "checkpoints").is_dir():
             refuse_foreign(self.workdir)  # before creating anything in it
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        warn = lambda msg: self.log(f"lwm train: {msg}")  # noqa: E731
+        with workdir_lock(self.workdir, "lwm train", enabled=self.primary, warn=warn):
+            with undo_failed_start(self.workdir, enabled=self.primary) as created:
+                self._first_step = created.keep
+                return self._run_locked(fingerprint)
+
+    def _run_locked(self, fingerprint: str) -> TrainResult:
+        spec = self.spec
         ckpt = Checkpointer(
             self.workdir / "checkpoints",
             keep=spec.train.keep,
@@ -191,8 +211,13 @@ class Trainer:
                 self.hooks.fire("run_end", result)
                 return result
         finally:
+            failing = sys.exc_info()[1] is not None  # the error that stopped the run wins
             for sink in sinks:
-                sink.close()
+                try:
+                    sink.close()
+                except OSError:
+                    if not failing:
+                        raise
             ckpt.close()
 
     def _run_stages(self, ckpt: Checkpointer, resume: dict | None) -> TrainResult:

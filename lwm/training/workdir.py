@@ -3,6 +3,8 @@ directory holding anything else is refused before the trainer writes to it."""
 
 from __future__ import annotations
 
+import errno
+import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 from lwm.checkpoint import Checkpointer
 from lwm.data.tokenizer import TOKENIZER_FILES
 from lwm.errors import LwmError
+from lwm.workdir_lock import LOCK_FILE
+from lwm.write_errors import WriteFailed
 
 OWN_FILES = {
     "config.json",
@@ -19,6 +23,7 @@ OWN_FILES = {
     "checkpoints",
     "tensorboard",
     "wandb",
+    LOCK_FILE,  # lwm.workdir_lock: one process per workdir
     # the dataset's tokenizer files, copied so later commands need no --tokenizer
     *TOKENIZER_FILES,
 }
@@ -35,6 +40,31 @@ def refuse_foreign(workdir: pathlib.Path) -> None:
             f"workdir {workdir} is not empty and holds no lwm checkpoint "
             f"(found {sorted(foreign)[:3]}); use a new directory"
         )
+
+
+def check_workdir_usable(workdir: str | os.PathLike, flag: str = "--workdir") -> None:
+    """A one-line error, before anything is created, for a workdir that is a file (or under
+    one) or that cannot be written (a read-only filesystem, no permission)."""
+    path = pathlib.Path(workdir).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise LwmError(f"{flag} {path} is not a directory (it is a file)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LwmError(f"{flag} {path}: {existing} is not a directory")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        code = errno.EROFS
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EACCES
+    else:
+        return
+    what = "" if existing == path else f" (its folder {existing})"
+    raise WriteFailed(
+        f"{os.strerror(code).lower()}: {flag} {path}{what} cannot be written; "
+        "use a writable directory",
+        code,
+    )
 
 
 def _leftover(p: pathlib.Path) -> bool:

@@ -72,9 +72,21 @@ def is_image(path: str | pathlib.Path) -> bool:
     return pathlib.Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _open(path: str) -> av.container.InputContainer:
-    if not pathlib.Path(path).is_file():
+def check_media_file(path: str | pathlib.Path) -> None:
+    """One-line errors for a path that is not a file: missing, or a directory (one clip or image
+    is read, never a folder of them)."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        raise LwmError(
+            f"{path}: is a directory; expected one video or image file "
+            f"(e.g. .mp4, .webm, .jpg, .png)"
+        )
+    if not p.is_file():
         raise LwmError(f"{path}: no such file")
+
+
+def _open(path: str) -> av.container.InputContainer:
+    check_media_file(path)
     try:
         container = av.open(path, mode="r")
     except (av.FFmpegError, UnicodeDecodeError, OSError) as e:
@@ -140,8 +152,7 @@ def resize_crop(frame: np.ndarray | av.VideoFrame, size: int | None) -> np.ndarr
 def _read_image(path: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    if not pathlib.Path(path).is_file():
-        raise LwmError(f"{path}: no such file")
+    check_media_file(path)
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))

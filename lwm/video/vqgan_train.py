@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -28,9 +28,11 @@ from flax import nnx
 from lwm.checkpoint import Checkpointer
 from lwm.config import parse_section
 from lwm.errors import ConfigError, LwmError
+from lwm.failed_start import undo_failed_start
 from lwm.training.hooks import Hooks
 from lwm.training.loop import run_loop
 from lwm.training.signals import Interrupted, StopRequest
+from lwm.training.workdir import check_workdir_usable
 from lwm.video.config import VQGANConfig
 from lwm.video.frame_data import FrameBank, load_frame_bank
 from lwm.video.quantizer import perplexity
@@ -49,6 +51,7 @@ from lwm.video.vqgan_losses import (
     psnr,
     reconstruction_loss,
 )
+from lwm.workdir_lock import workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,9 +291,41 @@ def train_vqgan(
     """Trains (or resumes) in `workdir`; returns the last metrics. `bank` overrides data loading
     (tests); `stop_after` ends the run early at that step (simulates an interruption);
     `max_seconds` ends it (with an eval and a checkpoint) once that much time has passed.
-    `mesh`: data parallelism over all its devices (params replicated, batch split)."""
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    `mesh`: data parallelism over all its devices (params replicated, batch split).
+    One process per workdir (`lwm.workdir_lock`); a run that fails before its first step (bad
+    data, another preset) removes what it created."""
+    check_workdir_usable(workdir)
+    primary = jax.process_index() == 0
+    with workdir_lock(workdir, "lwm vqgan train", enabled=primary) as root:
+        with undo_failed_start(root, enabled=primary) as created:
+            return _train_in(
+                vcfg,
+                tcfg,
+                dcfg,
+                root,
+                created.keep,
+                bank=bank,
+                show_progress=show_progress,
+                stop_after=stop_after,
+                max_seconds=max_seconds,
+                mesh=mesh,
+            )
+
+
+def _train_in(
+    vcfg: VQGANConfig,
+    tcfg: VQGANTrainConfig,
+    dcfg: FrameDataConfig,
+    workdir: pathlib.Path,
+    started: Callable[[], None],
+    *,
+    bank: FrameBank | None,
+    show_progress: bool,
+    stop_after: int | None,
+    max_seconds: float | None,
+    mesh: jax.sharding.Mesh | None,
+) -> dict[str, float]:
+    """`train_vqgan` in its locked workdir; `started()` is called after the first step."""
     if bank is None:
         bank = load_frame_bank(
             dcfg.paths,
@@ -340,6 +375,7 @@ def train_vqgan(
                 show_progress=show_progress,
             )
             hooks = Hooks()
+            hooks.add(lambda _: started())  # from here a failure keeps the files (a resume)
             vq.attach(hooks)
             batches = FrameBatches(bank, tcfg.seed, tcfg.batch_size, dcfg.flip, start)
             run_loop(
