@@ -52,6 +52,8 @@ class StopRequest:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
     def __enter__(self) -> StopRequest:
+        global _last_signal
+        _last_signal = None  # a new loop: a signal that stopped an earlier one is not this one's
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._previous[s] = signal.signal(s, self._handle)
