@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from lwm.errors import ConfigError
 
@@ -15,3 +16,9 @@ def to_dtype(name: str):
         return DTYPES[name]
     except KeyError:
         raise ConfigError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
+
+
+def to_numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a config's dtype name (bfloat16 is ml_dtypes', as jax's); converters
+    write parameters in it."""
+    return np.dtype(to_dtype(name))

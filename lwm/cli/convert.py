@@ -7,6 +7,13 @@ from __future__ import annotations
 import argparse
 
 
+def add_param_dtype(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--param-dtype`: the storage dtype a converter writes parameters in."""
+    parser.add_argument(
+        "--param-dtype", default="float32", choices=["float32", "bfloat16", "float16"], help=help
+    )
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("convert", help="convert checkpoints to/from HF transformers")
     sub = p.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
@@ -20,12 +27,7 @@ def add_parser(subparsers) -> None:
     )
     a.add_argument("hf_dir", help="directory with config.json and *.safetensors")
     a.add_argument("out_dir", help="new lwm checkpoint directory (must not exist or be empty)")
-    a.add_argument(
-        "--param-dtype",
-        default="float32",
-        choices=["float32", "bfloat16", "float16"],
-        help="storage dtype of the converted parameters (bfloat16 halves memory for 7B)",
-    )
+    add_param_dtype(a, "storage dtype of the converted parameters (bfloat16 halves memory for 7B)")
     a.set_defaults(func=_from_hf)
     b = sub.add_parser(
         "to-hf",
@@ -88,11 +90,8 @@ def _add_from_lwm(sub) -> None:
     c.add_argument("params", help="LWM checkpoint file (optionally params::, trainstate::...)")
     c.add_argument("out_dir", help="new lwm checkpoint directory (must not exist or be empty)")
     c.add_argument("--config", required=True, help="model preset name or config file")
-    c.add_argument(
-        "--param-dtype",
-        default="float32",
-        choices=["float32", "bfloat16", "float16"],
-        help="storage dtype of the converted parameters (float32 keeps a bf16 file exact)",
+    add_param_dtype(
+        c, "storage dtype of the converted parameters (float32 keeps a bf16 file exact)"
     )
     c.set_defaults(func=_from_lwm)
 
@@ -162,12 +161,7 @@ def _add_from_gguf(sub) -> None:
     )
     g.add_argument("gguf_file", help="the .gguf file")
     g.add_argument("out_dir", help="new lwm checkpoint directory (must not exist or be empty)")
-    g.add_argument(
-        "--param-dtype",
-        default="float32",
-        choices=["float32", "bfloat16", "float16"],
-        help="storage dtype of the dequantized parameters",
-    )
+    add_param_dtype(g, "storage dtype of the dequantized parameters")
     g.set_defaults(func=_from_gguf)
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import numpy as np
-
+from lwm.dtypes import to_numpy_dtype
 from lwm.errors import LwmError
 from lwm.interop.gguf_reader import hf_config_from_gguf, hf_name, hf_tensor_getter, read_gguf
 from lwm.interop.gguf_tokenizer import write_gguf_tokenizer
@@ -22,7 +21,6 @@ from lwm.interop.hf_config import model_config_from_hf
 from lwm.interop.hf_convert import atomic_output_dir
 from lwm.interop.hf_weights import hf_tensor_names, params_from_hf
 
-PARAM_DTYPES = ("float32", "bfloat16", "float16")
 """`--param-dtype` choices: the storage dtype of the converted parameters."""
 
 
@@ -38,17 +36,6 @@ class GgufConversion:
     """Why the tokenizer was not written (None when it was)."""
 
 
-def numpy_dtype(name: str):
-    """The numpy dtype for a `--param-dtype` name."""
-    if name not in PARAM_DTYPES:
-        raise LwmError(f"unsupported dtype {name!r}; expected one of {list(PARAM_DTYPES)}")
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return np.dtype(name).type
-
-
 def convert_from_gguf(
     gguf_path: str | pathlib.Path, out_dir: str | pathlib.Path, *, param_dtype: str = "float32"
 ) -> GgufConversion:
@@ -60,7 +47,7 @@ def convert_from_gguf(
     """
     from lwm.models.io import save_params
 
-    dtype = numpy_dtype(param_dtype)
+    dtype = to_numpy_dtype(param_dtype)
     out = pathlib.Path(out_dir).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LwmError(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lwm.dtypes import to_numpy_dtype
 from lwm.errors import LwmError
 from lwm.interop.hf_config import (
     VISION_SIDECAR,
@@ -34,17 +35,6 @@ if TYPE_CHECKING:
     from lwm.data.tokenizer import Tokenizer
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-_NP_DTYPES = {"float32": np.float32, "bfloat16": None, "float16": np.float16}
-
-
-def _np_dtype(name: str):
-    if name not in _NP_DTYPES:
-        raise LwmError(f"unsupported dtype {name!r}; expected one of {sorted(_NP_DTYPES)}")
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return _NP_DTYPES[name]
 
 
 @contextlib.contextmanager
@@ -189,7 +179,7 @@ def convert_from_hf(
     missing = sorted(expected - tensors.keys())
     if missing:
         raise LwmError(f"tensor {missing[0]} missing from the checkpoint ({len(missing)} missing)")
-    params = params_from_hf(tensors.get, cfg, dtype=_np_dtype(param_dtype))
+    params = params_from_hf(tensors.get, cfg, dtype=to_numpy_dtype(param_dtype))
     out = pathlib.Path(out_dir).expanduser().resolve()
     with atomic_output_dir(out) as tmp:
         save_params(tmp, params, cfg, metadata={"source": "hf", "hf_dir": str(hf.resolve())})
@@ -219,7 +209,7 @@ def convert_to_hf(
     if tok is not None:
         hf_config.update(bos_token_id=tok.bos_id, eos_token_id=_one_or_list(tok.eos_ids))
     tensors = params_to_hf(
-        params, cfg.replace(scan_layers=_is_stacked(params, cfg)), dtype=_np_dtype(dtype)
+        params, cfg.replace(scan_layers=_is_stacked(params, cfg)), dtype=to_numpy_dtype(dtype)
     )
     out = pathlib.Path(out_dir).expanduser().resolve()
     with atomic_output_dir(out) as tmp:

@@ -28,6 +28,7 @@ import re
 
 import numpy as np
 
+from lwm.dtypes import to_numpy_dtype
 from lwm.errors import LwmError
 from lwm.interop.lwm_msgpack import iter_streaming_checkpoint
 from lwm.layers.rotary import interleaved_to_half_permutation
@@ -143,22 +144,12 @@ def _strip(kind: str, key: tuple[str, ...]) -> tuple[str, ...] | None:
     return None
 
 
-def _np_dtype(name: str):
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    if name not in ("float32", "float16"):
-        raise LwmError(f"unsupported --param-dtype {name!r}; expected float32, bfloat16, float16")
-    return np.dtype(name)
-
-
 def read_lwm_params(spec: str, cfg: ModelConfig, *, preset: str = "") -> dict:
     """The lwm parameter tree (nested dict of numpy arrays, layout per `cfg.scan_layers`) of an
     LWM streaming checkpoint; unknown, missing or mis-shaped tensors raise a one-line LwmError."""
     kind, path = parse_load_spec(spec)
     shapes = _shapes(cfg)
-    dtype = _np_dtype(cfg.param_dtype)
+    dtype = to_numpy_dtype(cfg.param_dtype)
     layers = cfg.num_layers
     where = f" for preset {preset!r}" if preset else ""
     out: dict[tuple[str, ...], np.ndarray] = {}
