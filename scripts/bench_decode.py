@@ -9,11 +9,21 @@ after a warm-up run each, the ratio lwm/transformers and whether the greedy toke
 Example (the issue's measurement):
 
   python scripts/bench_decode.py --contexts 2048 8192 --new-tokens 32
+
+With `--capacity C` it measures instead what a decode step costs as the cache's capacity grows
+past its filled slots (lwm alone, a random model): steps at `--filled` tokens in a C-slot cache
+vs in a cache of exactly the filled size, alternating, medians after a warm-up run (per step: a
+long call minus a short one, so per-request costs such as freeing the cache cancel); CPU time of
+this process (robust on a shared machine) and wall clock; `--kv-dtype` picks the cache storage and
+`--devices N` shards the slots over N simulated CPU devices (sp=N). Target: ratio within 1.1.
+
+  python scripts/bench_decode.py --capacity 65536 --filled 4096 --kv-dtype int8 --devices 8
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -44,7 +54,96 @@ def parse_args(argv=None) -> argparse.Namespace:
         "multi-threaded decode stalls when its cores are taken (~10x slower), which would "
         "inflate the ratio",
     )
+    p.add_argument("--capacity", type=int, default=None, help="capacity mode (see above)")
+    p.add_argument("--filled", type=int, default=4096, help="capacity mode: filled slots")
+    p.add_argument("--kv-dtype", default="auto", help="capacity mode: the cache's kv dtype")
+    p.add_argument("--devices", type=int, default=1, help="capacity mode: sp over N CPU devices")
     return p.parse_args(argv)
+
+
+def capacity_bench(args) -> None:
+    """Decode steps at `--filled` slots: a `--capacity`-slot cache vs a `--filled`-slot one."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from lwm.cache.kv_cache import init_cache, map_fields, place
+    from lwm.inference.sampler import Sampler
+    from lwm.models.config import ModelConfig
+    from lwm.models.transformer import Transformer
+    from lwm.sharding import make_mesh
+
+    cfg = ModelConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        max_sequence_length=args.capacity + args.new_tokens + 16,
+        kv_dtype=args.kv_dtype,
+    )
+    mesh = make_mesh({"sp": args.devices}) if args.devices > 1 else None
+    model = Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh)
+    rng = np.random.default_rng(0)
+    runs = {}
+    for name, capacity in (("big", args.capacity), ("exact", args.filled + args.new_tokens)):
+        capacity = -(-capacity // (256 * args.devices)) * 256 * args.devices
+        sampler = Sampler(model, mesh=mesh, max_cache_len=capacity)
+        empty = init_cache(cfg, 1, capacity, mesh)
+
+        def fill(x, axes, filled=args.filled):
+            if axes == ("batch", "length"):  # the valid mask: the first `filled` slots
+                return x.at[:, :filled].set(1)
+            if "length" not in axes:
+                return x
+            # Keys, values, scales: small random entries of the stored dtype (bits included).
+            return jnp.asarray(rng.integers(0, 100, x.shape)).astype(x.dtype)
+
+        filled = place(map_fields(fill, empty), mesh)
+        filled = dataclasses.replace(filled, next_pos=jnp.full((1,), args.filled, jnp.int32))
+        hidden = jnp.asarray(rng.standard_normal((1, cfg.hidden_size)), jnp.float32)
+        runs[name] = (sampler, filled, hidden, capacity)
+    # Per step: a long and a short decode call, the difference over the extra steps. A call's
+    # fixed costs (the first head, releasing the donated cache at the end: unmapping a 64K-slot
+    # cache's pages takes ~0.2 s here) are per request, not per step, and cancel out.
+    short = max(2, args.new_tokens // 4)
+    times = {name: ([], []) for name in runs}
+    for i in range(args.repeats + 1):
+        for name, (sampler, filled, hidden, _) in runs.items():
+            took = []
+            for n in (args.new_tokens, short):
+                cache = jax.tree.map(jnp.copy, filled)
+                jax.block_until_ready(cache)
+                c0, w0 = time.process_time(), time.perf_counter()
+                sampler.decode(cache, args.filled, hidden, n)
+                took.append((time.process_time() - c0, time.perf_counter() - w0))
+            if i:
+                times[name][0].append(took[0][0] - took[1][0])
+                times[name][1].append(took[0][1] - took[1][1])
+    steps = args.new_tokens - short
+    med = {n: [statistics.median(t) / steps * 1e3 for t in ts] for n, ts in times.items()}
+    record = {
+        "bench": "decode_capacity",
+        "filled": args.filled,
+        "capacity": runs["big"][3],
+        "exact_capacity": runs["exact"][3],
+        "kv_dtype": args.kv_dtype,
+        "devices": args.devices,
+        "cpu_ms_per_step": {
+            "capacity": round(med["big"][0], 3),
+            "exact": round(med["exact"][0], 3),
+        },
+        "wall_ms_per_step": {
+            "capacity": round(med["big"][1], 3),
+            "exact": round(med["exact"][1], 3),
+        },
+        "ratio_cpu": round(med["big"][0] / med["exact"][0], 3),
+        "ratio_wall": round(med["big"][1] / med["exact"][1], 3),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(record), flush=True)
 
 
 def build_checkpoints(args, root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -115,6 +214,12 @@ def hf_runner(args, hf_dir) -> Callable[[list[int]], tuple[float, list[int]]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.capacity is not None:
+        if args.devices > 1:  # before jax is imported
+            flag = f"--xla_force_host_platform_device_count={args.devices}"
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+        capacity_bench(args)
+        return 0
     import numpy as np
     import torch
 

@@ -2,12 +2,17 @@
 
     python scripts/bench_train.py                 # tokens/s and MFU, ring attention over sp=8
     python scripts/bench_train.py --plan          # per-device memory, T = 8K..1M, ring vs dense
+    python scripts/bench_train.py --backend hybrid --ulysses 4   # hybrid vs ring, side by side
+    python scripts/bench_train.py --backend ulysses               # ulysses vs ring, side by side
 
 Throughput: the real train step (trainer's optimizer, schedule, loss and shardings) on synthetic
 batches; medians over timed steps after warm-up. MFU = useful model FLOPs per second (6 x matmul
 params per token + causal attention, lwm/training/flops.py) / the matmul peak measured in the same
 run the way the step runs: independent matmuls on all simulated devices at once, sampled before
-and after the timed steps. One JSON line per figure on stdout.
+and after the timed steps. One JSON line per figure on stdout. `--backend ulysses|hybrid` also
+times the ring in the same run and ends with a `vs_ring` line: the ratios of tokens/s, of MFU and
+of CPU seconds per step (the process's CPU time, all threads: robust to other load on a shared
+box, where wall-clock figures are not).
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def bench_config(args: argparse.Namespace):
             layout="zigzag",
         )
     )
+    if args.backend == "hybrid":
+        config.model.attention.ulysses = args.ulysses or max(args.devices // 2, 1)
     config.mesh = ml_collections.ConfigDict(dict(dp=1, fsdp=1, tp=1, sp=-1))
     config.train = default_train_section(
         seq_len=args.seq_len,
@@ -119,12 +126,13 @@ def run_throughput(args: argparse.Namespace, backend: str) -> dict:
     for i in range(1, args.warmup):
         state, metrics = step(state, batches[i % len(batches)])
     jax.block_until_ready(metrics)
-    times = []
+    times, cpu_times = [], []
     for i in range(args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state, metrics = step(state, batches[i % len(batches)])
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     peaks.append(flops_lib.measure_matmul_peak(mesh, n=args.matmul_n))
 
     step_s = float(np.median(times))
@@ -140,12 +148,15 @@ def run_throughput(args: argparse.Namespace, backend: str) -> dict:
         params=count_params(state["params"]),
         devices=mesh.size,
     )
+    if backend == "hybrid":
+        common["ulysses"] = mdef.config.attention.ulysses
     emit(
         dict(
             metric="train_tokens_per_s",
             value=tps,
             step_s_median=step_s,
             step_s_all=[round(t, 4) for t in times],
+            step_cpu_s_median=float(np.median(cpu_times)),
             compile_and_first_step_s=compile_s,
             loss=float(metrics["loss"]),
             **common,
@@ -166,10 +177,30 @@ def run_throughput(args: argparse.Namespace, backend: str) -> dict:
         model_flops_per_token=fpt,
         model_flops_per_s=tps * fpt,
         target=0.45,
+        tokens_per_s=tps,
+        step_cpu_s_median=float(np.median(cpu_times)),
         **common,
     )
     emit(result)
     return result
+
+
+def emit_vs_ring(ring: dict, other: dict) -> None:
+    """One line comparing `other` (ulysses or hybrid) with the ring measured in the same run."""
+    emit(
+        dict(
+            metric="vs_ring",
+            backend=other["backend"],
+            seq_len=other["seq_len"],
+            devices=other["devices"],
+            tokens_per_s_ratio=round(other["tokens_per_s"] / ring["tokens_per_s"], 3),
+            mfu_ratio=round(other["value"] / ring["value"], 3),
+            step_cpu_s_ratio=round(other["step_cpu_s_median"] / ring["step_cpu_s_median"], 3),
+            mfu=round(other["value"], 4),
+            ring_mfu=round(ring["value"], 4),
+            **({"ulysses": other["ulysses"]} if "ulysses" in other else {}),
+        )
+    )
 
 
 def run_plan(args: argparse.Namespace) -> None:
@@ -211,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seq-len", type=int, default=8192)
     ap.add_argument("--batch", type=int, default=1, help="sequences per step")
-    ap.add_argument("--backend", default="ring", choices=("ring", "dense", "blockwise"))
+    ap.add_argument(
+        "--backend", default="ring", choices=("ring", "dense", "blockwise", "ulysses", "hybrid")
+    )
+    ap.add_argument(
+        "--ulysses", type=int, default=0, help="hybrid's all-to-all group (default: devices / 2)"
+    )
     ap.add_argument("--chunk", type=int, default=512, help="query/key chunk size")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps (incl. the compile)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps")
@@ -227,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     _setup_devices(args.devices)
     if args.plan:
         run_plan(args)
+        return 0
+    if args.backend in ("ulysses", "hybrid"):  # side by side with the ring, no fallback
+        backend = args.backend
+        ring = run_throughput(args, "ring")
+        emit_vs_ring(ring, run_throughput(args, backend))
         return 0
     try:
         run_throughput(args, args.backend)

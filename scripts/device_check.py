@@ -14,6 +14,10 @@ with `error`, and the rest continues; each phase has a time budget and skips wha
   train      one train step of the `1b` preset at 32K tokens (bf16 compute, scan, full remat):
              tokens/s and MFU
   decode     decode tokens/s of the `1b` preset with 32K and 128K tokens in the KV cache
+  sp         (only with --phases sp) ring vs ulysses vs hybrid fwd+bwd at 128K over all devices
+             as `sp`: scripts/device_phase_sp.py
+  kvdtype    (only with --phases kvdtype) decode tokens/s of `1b` at 32K / 128K with bf16 vs int8
+             vs fp8 KV caches: scripts/device_phase_kv.py
 
 Records go to stdout and to DIR/device_check.jsonl (rewritten after every record, so a killed run
 keeps what it measured). DIR: --out, else $OUT, else ./device_check_out.
@@ -42,7 +46,8 @@ PEAK_BF16_TFLOPS = {
     "TPU v6": 918.0,
 }
 # Seconds per phase (compiles included); the wrapper caps the whole run at 470 s.
-BUDGET_S = {"parity": 40.0, "attention": 190.0, "train": 110.0, "decode": 70.0}
+BUDGET_S = {"parity": 40.0, "attention": 190.0, "train": 110.0, "decode": 70.0, "sp": 150.0}
+BUDGET_S["kvdtype"] = 150.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -520,6 +525,14 @@ def main(argv=None) -> int:
             run_train(ph, args.cpu_dry_run, peak)
         elif name == "decode":
             run_decode(ph, args.cpu_dry_run)
+        elif name == "sp":  # opt-in (--phases sp): scripts/device_phase_sp.py
+            from device_phase_sp import run_sp
+
+            run_sp(ph, args.cpu_dry_run)
+        elif name == "kvdtype":  # opt-in (--phases kvdtype): scripts/device_phase_kv.py
+            from device_phase_kv import run_kvdtype
+
+            run_kvdtype(ph, args.cpu_dry_run, model_config)
         else:
             rec.emit({"phase": name, "error": "unknown phase"})
     rec.emit({"phase": "done", "total_s": time.perf_counter() - t_start, "file": str(rec.path)})

@@ -1,4 +1,5 @@
-"""Ring attention across 2 local processes (jax.distributed, CPU collectives over gloo)."""
+"""Ring, Ulysses and hybrid attention across 2 local processes (jax.distributed, CPU collectives
+over gloo)."""
 
 import os
 import pathlib
@@ -12,14 +13,17 @@ WORKER = pathlib.Path(__file__).with_name("ring_worker.py")
 
 
 @pytest.mark.multiprocess
-def test_ring_attention_across_two_processes():
+@pytest.mark.parametrize("mode, devices", [("ring", 1), ("alltoall", 4)])
+def test_attention_across_two_processes(mode, devices):
+    """`ring`: sp = 2, one device per process. `alltoall`: 4 devices per process, ulysses over
+    all 8 and hybrid 4 x 2 with each all-to-all group spanning both processes."""
     port = portpicker.pick_unused_port()
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(i), str(port)],
+            [sys.executable, str(WORKER), str(i), str(port), mode],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -34,6 +38,6 @@ def test_ring_attention_across_two_processes():
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
-        pytest.fail("ring attention across 2 processes did not finish within 240 s (hang?)")
+        pytest.fail(f"{mode} attention across 2 processes did not finish within 240 s (hang?)")
     for i, (p, out) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0 and f"OK process {i}" in out, f"process {i}:\n{out[-3000:]}"

@@ -205,3 +205,30 @@ def test_jsonl_haystack(tok, tmp_path):
         tok, load_haystack(str(docs)), NeedleSpec(haystack=str(docs)), Job(512, 0.5, 0)
     )
     assert "painter" in task.context and "special magic" in task.context
+
+
+def test_results_made_with_another_kv_dtype_are_refused(tok, tmp_path):
+    """`lwm needle --kv-dtype` joins the results' identity: a folder made with an int8 cache is
+    resumed by int8 only; another cache dtype is refused rather than mixed in."""
+    from lwm.evals.run import evaluate_needles
+
+    kw = dict(lengths=[256], depths=[0.0, 1.0], samples=1, spec=NeedleSpec(), batch_size=2)
+    out = tmp_path / "r"
+    ckpt = str(tmp_path)
+    evaluate_needles(
+        ckpt, tok, out_dir=out, answerer=Oracle(tok), identity_extra={"kv_dtype": "int8"}, **kw
+    )
+    again = Oracle(tok)
+    evaluate_needles(
+        ckpt, tok, out_dir=out, answerer=again, identity_extra={"kv_dtype": "int8"}, **kw
+    )
+    assert again.batches == []  # resumed: nothing to redo
+    with pytest.raises(LwmError, match="different eval"):
+        evaluate_needles(
+            ckpt,
+            tok,
+            out_dir=out,
+            answerer=Oracle(tok),
+            identity_extra={"kv_dtype": "bfloat16"},
+            **kw,
+        )

@@ -120,12 +120,23 @@ def _step_hlo(sampler: Sampler, cache: KVCache) -> str:
 
 
 @pytest.mark.parametrize(
-    "scan_layers, sp", [(False, 1), (True, 1), (False, 8)], ids=["looped", "scanned", "sp8"]
+    "scan_layers, sp, kv",
+    [
+        (False, 1, None),
+        (True, 1, None),
+        (False, 8, None),
+        (False, 1, "bfloat16"),
+        (False, 8, "int8"),
+    ],
+    ids=["looped", "scanned", "sp8", "bf16", "bf16-int8-sp8"],
 )
-def test_decode_step_updates_cache_in_place(scan_layers, sp):
+def test_decode_step_updates_cache_in_place(scan_layers, sp, kv):
     """On one device and with the slots sharded over sp (each device then updates its own
-    shard in place: a one-slot masked write, not a select over the whole shard)."""
-    cfg = ModelConfig(**CFG, scan_layers=scan_layers)
+    shard in place: a one-slot masked write, not a select over the whole shard). A bf16 model
+    (`kv`: its cache stored as bf16 bits, or 8-bit codes and bf16 scales): XLA:CPU converted a
+    bf16 cache to f32 whole around the update before it was stored as bits."""
+    extra = {} if kv is None else {"dtype": "bfloat16", "kv_dtype": kv}
+    cfg = ModelConfig(**CFG, scan_layers=scan_layers, **extra)
     mesh = make_mesh({"sp": sp}) if sp > 1 else None
     ctor = lambda: Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh)  # noqa: E731
     model = random_model(ctor, seed=0)

@@ -8,8 +8,9 @@ registers itself under a name, in its own module:
     class MyAttentionOp(AttentionOp): ...
 
 and `make_attention(cfg)` builds the one named by `cfg.backend`. The built-in backends (`dense`
-here, `blockwise`, `ring`) register when the `lwm.attention` package is imported, which Python
-does before any of its modules, so the registry is complete whenever `make_attention` runs.
+here, `blockwise`, `ring`, `ulysses`, `hybrid`) register when the `lwm.attention` package is
+imported, which Python does before any of its modules, so the registry is complete whenever
+`make_attention` runs.
 """
 
 from __future__ import annotations
@@ -51,11 +52,13 @@ def backend_names() -> tuple[str, ...]:
 
 
 def mesh_sp(mesh: Any) -> int:
-    """Size of the `sp` axis of a Mesh or of a `{axis: size}` mapping (1 when absent or None)."""
+    """The sequence-parallel size of a Mesh or of a `{axis: size}` mapping: its `sp` axis, times
+    its `ulysses` axis in the hybrid backend's split view (lwm.sharding.mesh.sp_grid); 1 when
+    absent or None."""
     if mesh is None:
         return 1
     shape = mesh if isinstance(mesh, Mapping) else mesh.shape
-    return int(shape.get("sp", 1))
+    return int(shape.get("sp", 1)) * int(shape.get("ulysses", 1))
 
 
 @register_backend("dense")
@@ -64,8 +67,9 @@ class AttentionOp:
     """Dense attention; the base class of the other backends.
 
     `op(q_btnh, k_btkh, v_btkh, segment_ids_bt=None) -> out_btnh` on inputs in the op's layout;
-    `check` raises the op's shape rules as one-line ConfigErrors before any compute; `to_layout` /
-    `from_layout` are the sequence permutation the op expects (identity here)."""
+    `check` (sequence length) and `check_heads` raise the op's shape rules as one-line
+    ConfigErrors before any compute; `to_layout` / `from_layout` are the sequence permutation the
+    op expects (identity here)."""
 
     config: AttentionConfig
     causal: bool = True
@@ -88,6 +92,13 @@ class AttentionOp:
         sp = mesh_sp(self.mesh if mesh is None else mesh)
         if seq_len % sp:
             raise ConfigError(f"seq_len {seq_len} not divisible by sp = {sp}")
+
+    def check_heads(self, num_heads: int, num_kv_heads: int, mesh: Any = None) -> None:
+        """Raises a one-line ConfigError when `num_heads` query heads over `num_kv_heads` kv
+        heads cannot run on `mesh` (default: the op's own); ulysses and hybrid split heads over
+        their all-to-all group."""
+        if num_kv_heads <= 0 or num_heads % num_kv_heads:
+            raise ConfigError(f"num_kv_heads {num_kv_heads} does not divide num_heads {num_heads}")
 
     def to_layout(self, x: jax.Array, axis: int = 1) -> jax.Array:
         return x

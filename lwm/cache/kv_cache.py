@@ -18,7 +18,10 @@ cache twice more than needed. Head-major so that decode attention is a matrix-ve
 
 Every field is declared once, with its logical axes (`cache_field`): creation, shardings, growth
 (`length` is padded), row copies (`batch` is repeated) and placement map over the fields with
-`map_fields`, so a new field (an int8 scale per layer) needs no edit to any of them.
+`map_fields`, so a new field needs no edit to any of them. An 8-bit cache (`kv_dtype` int8 or
+float8_e4m3fn, `lwm.cache.quant`) is a `QuantKVCache`: the same fields in 8 bits plus one scale
+per (row, kv head, slot) and layer, `[B, K, S]` sharded like the slots; other caches carry no
+scale arrays at all (`cache_class` picks the class from the config).
 
 The number of slots written is kept on the host by the sampler (never a static jit argument);
 the cache has a fixed `capacity` so the decode step compiles once per capacity bucket.
@@ -34,21 +37,33 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from lwm.cache.slots import LAYER_KV_NAMES, POS_NAMES, VALID_NAMES, CacheSlots, LayerCache
+from lwm.cache.quant import codes_to, dequantize, is_quantized, kv_storage_dtype, stored_dtype
+from lwm.cache.slots import (
+    LAYER_KV_NAMES,
+    LAYER_SCALE_NAMES,
+    POS_NAMES,
+    VALID_NAMES,
+    CacheSlots,
+    LayerCache,
+)
 from lwm.cache.write import SLOT_AXIS
 from lwm.dtypes import to_dtype
 from lwm.sharding import logical_to_sharding
 
 C = TypeVar("C", bound="KVCache")
 ROW_AXIS = "batch"
+KV_STORAGE = "kv"
+"""A field's `dtype` meaning the cache's storage dtype (`lwm.cache.quant.kv_storage_dtype`)."""
+SCALE_STORAGE = "scale"
+"""A field's `dtype` meaning the compute dtype as the cache stores it (bf16 as its bits)."""
 
 
 def cache_field(
     axes: tuple[str, ...], *, dtype: str | None = None, layer: str | None = None
 ) -> Any:
     """A cache dataclass field: its logical `axes` (sizes from `cache_specs`), its `dtype` (None
-    = the model's compute dtype) and, for a field holding one array per layer, the `LayerCache`
-    field it feeds (`layer`)."""
+    = the model's compute dtype, `KV_STORAGE` / `SCALE_STORAGE` see above) and, for a field
+    holding one array per layer, the `LayerCache` field it feeds (`layer`)."""
     return dataclasses.field(metadata={"axes": axes, "dtype": dtype, "layer": layer})
 
 
@@ -71,9 +86,9 @@ def layer_fields(cls: Any) -> list[dataclasses.Field]:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    ks: tuple[jax.Array, ...] = cache_field(LAYER_KV_NAMES, layer="k_bksh")
+    ks: tuple[jax.Array, ...] = cache_field(LAYER_KV_NAMES, dtype=KV_STORAGE, layer="k_bksh")
     """Keys, one `[B, K, S, H]` array per layer (RoPE applied)."""
-    vs: tuple[jax.Array, ...] = cache_field(LAYER_KV_NAMES, layer="v_bksh")
+    vs: tuple[jax.Array, ...] = cache_field(LAYER_KV_NAMES, dtype=KV_STORAGE, layer="v_bksh")
     """Values, one `[B, K, S, H]` array per layer."""
     valid: jax.Array = cache_field(VALID_NAMES, dtype="int32")
     """`[B, S]` int32: 1 = real token in the slot."""
@@ -127,21 +142,63 @@ class KVCache:
 
     @property
     def k(self) -> jax.Array:
-        """All keys as one slot-major `[L, B, S, K, H]` array (a copy: for inspection and tests,
-        not hot paths)."""
-        return jnp.stack(self.ks).transpose(0, 1, 3, 2, 4)
+        """All keys as one slot-major `[L, B, S, K, H]` array in their float format (a copy: for
+        inspection and tests, not hot paths)."""
+        return codes_to(jnp.stack(self.ks)).transpose(0, 1, 3, 2, 4)
 
     @property
     def v(self) -> jax.Array:
         """All values as one slot-major `[L, B, S, K, H]` array (a copy, like `k`)."""
-        return jnp.stack(self.vs).transpose(0, 1, 3, 2, 4)
+        return codes_to(jnp.stack(self.vs)).transpose(0, 1, 3, 2, 4)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class QuantKVCache(KVCache):
+    """An 8-bit cache: `ks`/`vs` hold int8 or float8_e4m3fn codes, and each layer has the scales
+    that turn them back into keys/values (`code * scale`, `lwm.cache.quant`)."""
+
+    k_scales: tuple[jax.Array, ...] = cache_field(
+        LAYER_SCALE_NAMES, dtype=SCALE_STORAGE, layer="k_scale_bks"
+    )
+    """Key scales, one `[B, K, S]` array per layer, in the compute dtype (bf16 as its bits)."""
+    v_scales: tuple[jax.Array, ...] = cache_field(
+        LAYER_SCALE_NAMES, dtype=SCALE_STORAGE, layer="v_scale_bks"
+    )
+    """Value scales, one `[B, K, S]` array per layer, like `k_scales`."""
+
+    @property
+    def k(self) -> jax.Array:
+        """All keys dequantized to fp32, slot-major `[L, B, S, K, H]` (a copy, like `KVCache.k`)."""
+        k = [dequantize(c, s) for c, s in zip(self.ks, self.k_scales, strict=True)]
+        return jnp.stack(k).transpose(0, 1, 3, 2, 4)
+
+    @property
+    def v(self) -> jax.Array:
+        """All values dequantized to fp32, slot-major `[L, B, S, K, H]`."""
+        v = [dequantize(c, s) for c, s in zip(self.vs, self.v_scales, strict=True)]
+        return jnp.stack(v).transpose(0, 1, 3, 2, 4)
+
+
+def cache_class(cfg: Any) -> type[KVCache]:
+    """The cache type of model config `cfg`: `QuantKVCache` for an 8-bit `kv_dtype`."""
+    return QuantKVCache if is_quantized(getattr(cfg, "kv_dtype", "auto")) else KVCache
+
+
+def kv_cache_bytes(cfg: Any, batch: int, capacity: int) -> int:
+    """Total (all devices) bytes of every per-layer cache array of `cfg` at `capacity` slots:
+    keys and values in their storage dtype, plus the scales of an 8-bit cache."""
+    specs = cache_specs(cfg, batch, capacity)
+    return sum(x.size * jnp.dtype(x.dtype).itemsize for x in specs.layer_arrays())
 
 
 def cache_specs(
-    cfg: Any, batch: int, capacity: int, mesh: Mesh | None = None, *, cls: type[C] = KVCache
+    cfg: Any, batch: int, capacity: int, mesh: Mesh | None = None, *, cls: type[C] | None = None
 ) -> C:
     """The cache of model config `cfg` as `ShapeDtypeStruct`s, with their shardings on `mesh`
-    (from each field's logical axes): the abstract cache for ahead-of-time compiles."""
+    (from each field's logical axes): the abstract cache for ahead-of-time compiles. `cls`
+    defaults to `cache_class(cfg)`."""
+    cls = cls or cache_class(cfg)
     sizes = {
         ROW_AXIS: batch,
         "act_kv_heads": cfg.num_kv_heads,
@@ -152,7 +209,13 @@ def cache_specs(
     def spec(f: dataclasses.Field):
         axes = f.metadata["axes"]
         shape = tuple(sizes[a] for a in axes)
-        dtype = jnp.dtype(f.metadata["dtype"]) if f.metadata["dtype"] else to_dtype(cfg.dtype)
+        name = f.metadata["dtype"]
+        if name == KV_STORAGE:
+            dtype = kv_storage_dtype(cfg) if hasattr(cfg, "kv_dtype") else to_dtype(cfg.dtype)
+        elif name == SCALE_STORAGE:
+            dtype = stored_dtype(to_dtype(cfg.dtype))
+        else:
+            dtype = jnp.dtype(name) if name else to_dtype(cfg.dtype)
         sharding = None if mesh is None else logical_to_sharding(axes, shape, mesh)
         leaf = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
         return tuple(leaf for _ in range(cfg.num_layers)) if f.metadata["layer"] else leaf
@@ -161,9 +224,10 @@ def cache_specs(
 
 
 def init_cache(
-    cfg: Any, batch: int, capacity: int, mesh: Mesh | None = None, *, cls: type[C] = KVCache
+    cfg: Any, batch: int, capacity: int, mesh: Mesh | None = None, *, cls: type[C] | None = None
 ) -> C:
-    """An empty cache, each array created directly in its sharding (never whole on one device)."""
+    """An empty cache, each array created directly in its sharding (never whole on one device);
+    `cls` defaults to `cache_class(cfg)`."""
     specs = cache_specs(cfg, batch, capacity, mesh, cls=cls)
 
     def make():

@@ -18,6 +18,8 @@ from lwm.cache.write import write_slots
 
 LAYER_KV_NAMES = ("batch", "act_kv_heads", "length", "head_dim")
 """Logical axes of one layer's keys or values `[B, K, S, H]`."""
+LAYER_SCALE_NAMES = ("batch", "act_kv_heads", "length")
+"""Logical axes of one layer's 8-bit key or value scales `[B, K, S]` (sharded like the slots)."""
 VALID_NAMES = ("batch", "length")
 """Logical axes of the `[B, S]` valid mask."""
 POS_NAMES = ("batch",)
@@ -42,6 +44,9 @@ class CacheSlots:
     """The mesh the cache is sharded on (the model's)."""
     key_block: int = 512
     """Key block of the prefill kernel over the cache."""
+    decode_block: int = 2048
+    """Key block of the decode kernel: a step reads the local cache shard this many slots at a
+    time, up to its last filled slot (the largest divisor of the local slots up to this)."""
 
     @classmethod
     def for_chunk(
@@ -52,6 +57,7 @@ class CacheSlots:
         *,
         mesh: Any = None,
         key_block: int = 512,
+        decode_block: int = 2048,
     ) -> CacheSlots:
         t = valid_bt.shape[1]
         valid_bs = write_slots(
@@ -66,14 +72,22 @@ class CacheSlots:
             q_slots_t=q_slots_t,
             mesh=mesh,
             key_block=key_block,
+            decode_block=decode_block,
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerCache:
     """One layer's keys and values `[B, K, S, H]` (head-major, RoPE applied) and the chunk's
-    slots. Passing one to the model's attention layer makes it attend to (and extend) the cache."""
+    slots. Passing one to the model's attention layer makes it attend to (and extend) the cache.
+    An 8-bit cache (`lwm.cache.quant`) also has the scales `[B, K, S]` of its codes."""
 
     k_bksh: jax.Array
     v_bksh: jax.Array
     slots: CacheSlots
+    k_scale_bks: jax.Array | None = None
+    v_scale_bks: jax.Array | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.k_scale_bks is not None

@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "lwm.cli.video",
     "lwm.cli.generate",
     "lwm.cli.chat",
+    "lwm.cli.prefill",
     "lwm.cli.generate_video",
     "lwm.cli.needle",
     "lwm.cli.video_needle",

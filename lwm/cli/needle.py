@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 from lwm.checkpoint.policy import add_strict_arg
+from lwm.inference.runtime import add_kv_dtype_arg
 
 
 def add_parser(subparsers) -> None:
@@ -44,6 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: answer length + 8")
     p.add_argument("--mesh", default=None, help="e.g. sp=8 (default: sp over all devices for ring)")
     p.add_argument("--prefill-chunk", type=int, default=512)
+    add_kv_dtype_arg(p)
     p.add_argument(
         "--skip-too-long",
         action="store_true",
@@ -81,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
     )
     load_haystack(spec.haystack)  # bad haystack: fail before loading the model
 
-    from lwm.evals.model_runner import existing_checkpoint
-    from lwm.inference.runtime import check_tokenizer_fits, load_tokenizer
+    from lwm.evals.model_runner import existing_checkpoint, load_eval_model
+    from lwm.inference.runtime import check_tokenizer_fits, kv_dtype_override, load_tokenizer
+
+    overrides = kv_dtype_override(args) or None
     from lwm.models.io import read_model_config
 
     cfg = read_model_config(existing_checkpoint(args.checkpoint), strict=args.strict)
@@ -115,8 +119,12 @@ def run(args: argparse.Namespace) -> int:
             mesh_spec=args.mesh,
             prefill_chunk=args.prefill_chunk,
             title=args.title,
+            model_loader=lambda: load_eval_model(
+                args.checkpoint, mesh_spec=args.mesh, overrides=overrides, strict=args.strict
+            ),
             overwrite=args.overwrite,
             strict=args.strict,
+            identity_extra=overrides,
         )
     print(table)
     return 0

@@ -54,6 +54,18 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--mesh", default=None, help="with --inference: e.g. tp=8,sp=8 (default sp=all)")
     p.add_argument("--prefill-chunk", type=int, default=512, help="with --inference")
+    from lwm.inference.runtime import add_kv_dtype_arg
+
+    add_kv_dtype_arg(p)  # with --inference
+    p.add_argument(
+        "--compare-sp",
+        action="store_true",
+        help="compare sequence-parallel attention (ring, ulysses, hybrid) for the stage: bytes "
+        "each device sends per layer and per step, collective rounds, which schemes cannot run "
+        "and why, and each possible scheme's compiled train-step memory (a config with mesh "
+        "sp=1 is compared with fsdp folded into sp; the hybrid's group: "
+        "--config.model.attention.ulysses=U, default the largest that fits)",
+    )
     p.set_defaults(func=run)
 
 
@@ -71,9 +83,12 @@ def _argv(args: argparse.Namespace) -> list[str]:
             out += [flag, str(value)]
     if args.json:
         out.append("--json")
+    if getattr(args, "compare_sp", False):
+        out.append("--compare-sp")
     if args.inference:
         out += ["--inference", "--prefill-chunk", str(args.prefill_chunk)]
         out += ["--mesh", args.mesh] if args.mesh else []
+        out += ["--kv-dtype", args.kv_dtype] if getattr(args, "kv_dtype", None) else []
     return out + [f"--config.{o}" for o in args.config_overrides]
 
 
@@ -116,10 +131,16 @@ def run(args: argparse.Namespace) -> int:
     if args.devices is not None and not _use_devices(args.devices):
         return _rerun_with_devices(args)
 
+    if getattr(args, "compare_sp", False) and args.inference:
+        from lwm.errors import LwmError
+
+        raise LwmError("--compare-sp compares training schemes; it does not take --inference")
     if args.inference:
         from lwm.inference.plan import run_plan_cli
 
         return run_plan_cli(args)
+    if getattr(args, "compare_sp", False):
+        return _compare_sp(args)
     from lwm.config import load_config
     from lwm.training.plan import format_plan, parse_bytes, plan_stage
     from lwm.training.run_spec import parse_run
@@ -136,4 +157,21 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(plan.to_dict()), flush=True)
         else:
             print(format_plan(plan), flush=True)
+    return 0
+
+
+def _compare_sp(args: argparse.Namespace) -> int:
+    from lwm.config import load_config
+    from lwm.training.plan import parse_bytes
+    from lwm.training.run_spec import parse_run
+    from lwm.training.sp_compare import compare_sp, format_comparison
+
+    budget = None if args.memory_per_device is None else parse_bytes(args.memory_per_device)
+    spec = parse_run(load_config(args.config, args.config_overrides), check_shapes=False)
+    stages = range(len(spec.stages)) if args.stage is None else [args.stage]
+    for i in stages:
+        c = compare_sp(
+            spec, i, seq_len=args.seq_len, batch_size=args.batch_size, memory_per_device=budget
+        )
+        print(json.dumps(c.to_dict()) if args.json else format_comparison(c), flush=True)
     return 0

@@ -37,6 +37,13 @@ def add_parser(subparsers) -> None:
         "--overwrite", action="store_true", help="replace an --out an earlier tokenize wrote"
     )
     tok.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tok.add_argument(
+        "--drop-static",
+        type=float,
+        metavar="THRESH",
+        help="drop a frame whose codes differ from the last kept frame's in fewer than THRESH "
+        "(0-1) of positions; records keep the dropped frames' timestamps (dropped_timestamps)",
+    )
     add_allow_short_arg(tok)
     tok.set_defaults(func=_tokenize)
 
@@ -70,10 +77,13 @@ def _check_tokenize_out(args) -> None:
 
 
 def _tokenize(args) -> int:
+    from lwm.video.static_drop import check_threshold
     from lwm.video.tokenize import load_captions_file, tokenize_files
     from lwm.video.vqgan import make_encode_fn
     from lwm.video.vqgan_checkpoint import load_vqgan
 
+    if args.drop_static is not None:
+        check_threshold(args.drop_static)  # before anything is read or written
     _check_tokenize_out(args)
     vqgan = load_vqgan(args.vqgan, expect=args.preset)
     captions = load_captions_file(args.captions) if args.captions else None
@@ -96,6 +106,7 @@ def _tokenize(args) -> int:
         eof_id=args.eof_id,
         eov_id=args.eov_id,
         allow_short=args.allow_short,
+        drop_static=args.drop_static,
     )
     print(
         f"wrote {len(report.written)} records to {args.out}"

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from lwm.checkpoint.policy import add_strict_arg
+from lwm.inference.runtime import add_kv_dtype_arg
 from lwm.video.policy import add_allow_short_arg
 
 
@@ -62,6 +63,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: answer length + 8")
     p.add_argument("--mesh", default=None, help="e.g. sp=8 (default: sp over all devices for ring)")
     p.add_argument("--prefill-chunk", type=int, default=512)
+    add_kv_dtype_arg(p)
+    p.add_argument(
+        "--drop-static",
+        type=float,
+        metavar="THRESH",
+        default=None,
+        help="drop a haystack frame whose VQ codes differ from the last kept frame's in fewer "
+        "than THRESH (0-1) of positions before the prompt (the needle must survive on its own)",
+    )
     p.add_argument(
         "--template",
         default=None,
@@ -91,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
     from lwm.evals.needle import parse_depths
     from lwm.evals.video_needle_task import VideoNeedleSpec
 
+    if args.drop_static is not None:  # a bad threshold fails before the out dir is made
+        from lwm.video.static_drop import check_threshold
+
+        check_threshold(args.drop_static)
     lengths = parse_lengths(args.lengths)
     depths = parse_depths(args.depths)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -134,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             strict=args.strict,
             allow_short=args.allow_short,
+            kv_dtype=args.kv_dtype,
+            drop_static=args.drop_static,
         )
     print(table)
     return 0

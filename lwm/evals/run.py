@@ -28,9 +28,12 @@ def evaluate_needles(
     answerer=None,
     overwrite: bool = False,
     strict: bool = False,
+    identity_extra: dict | None = None,
 ) -> str:
     """Runs (or resumes) the eval and writes heatmap.png and summary.json; returns the table.
-    `strict`: the checkpoint's newest step must be readable (`--strict`).
+    `strict`: the checkpoint's newest step must be readable (`--strict`). `identity_extra`: more
+    settings that change answers (e.g. `{"kv_dtype": "int8"}`), stored with the results, so a
+    results folder made with other settings is refused, not mixed.
     `model_loader() -> (model, mesh)` replaces loading `checkpoint`; `answerer` (as from
     `lazy_answerer`) replaces both, so several evals can share one sampler and its compiles."""
     from lwm.evals.model_runner import load_eval_model
@@ -58,7 +61,7 @@ def evaluate_needles(
         spec=spec,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
-        identity={"checkpoint": str(pathlib.Path(checkpoint).resolve())},
+        identity={"checkpoint": str(pathlib.Path(checkpoint).resolve()), **(identity_extra or {})},
         overwrite=overwrite,
     )
     variant = _variant_name(spec)

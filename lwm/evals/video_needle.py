@@ -24,6 +24,9 @@ Semantics:
 - A cell's length is in frames; its token count (frames x (codes per frame + 1 separator) + the
   text) is recorded per sample (`prompt_tokens`) and must fit the checkpoint's
   `max_sequence_length` (else an error, or the length is skipped with `skip_too_long`).
+- Static frames (`drop_static`, `--drop-static THRESH`): each sample's assembled video goes
+  through `lwm.video.static_drop` before its prompt; records add `kept_frames` and `needle_kept`
+  (the rule never knows where the needle is: a dropped needle is a likely miss, and counts).
 - Results: `results.jsonl` (one record per sample, keyed by length/depth/sample, resumed on rerun,
   refused under a different spec), `heatmap.png` and `summary.json` as the text needle eval.
 
@@ -93,6 +96,8 @@ def run_video_needle_eval(
         "tokens_per_frame": ev.tokens_per_frame,
         "max_new_tokens": max_new_tokens,
         "grid": grid_identity(lengths, depths, samples),
+        # only when set, so result directories of runs without it still resume
+        **({} if ev.drop_static is None else {"drop_static": ev.drop_static}),
     }
     existed = holds_files(out)
     done = open_results_dir(out, ident, what="video needle", overwrite=overwrite)
@@ -132,6 +137,12 @@ def _record(
     text = answer_text(ev.tokenizer, ids, ev.tokenizer.eos_ids).strip()
     correct = answer_matches(text, task.accepted)
     job = task.job
+    dropped = {}
+    if ev.drop_static is not None:
+        dropped = {
+            "kept_frames": prompt.kept_frames,
+            "needle_kept": prompt.needle_token_offset >= 0,
+        }
     return {
         "length": job.length,
         "depth": round(job.depth, 6),
@@ -149,6 +160,7 @@ def _record(
         "answer": text,
         "score": float(correct),
         "correct": correct,
+        **dropped,
     }
 
 
@@ -175,19 +187,31 @@ def evaluate_video_needles(
     overwrite: bool = False,
     strict: bool = False,
     allow_short: bool = False,
+    drop_static: float | None = None,
+    kv_dtype: str | None = None,
 ) -> str:
     """Runs (or resumes) the eval of a checkpoint; writes heatmap.png and summary.json to
     `out_dir` and returns the text table. Every input is checked before the model is loaded
     (loaded lazily, so a finished eval goes straight to the report). `strict`: the checkpoint's
     newest step must be readable (`--strict`); `allow_short`: accept truncated haystack videos
-    (`--allow-short`)."""
+    (`--allow-short`); `drop_static`: THRESH of the static-frame rule applied to each sample's
+    video (`--drop-static`); `kv_dtype`: the KV cache's storage (`--kv-dtype`; None: the
+    checkpoint's)."""
     from lwm.evals.model_runner import existing_checkpoint, load_eval_model
     from lwm.evals.run import lazy_answerer
     from lwm.inference.video_qa import check_vision_model
     from lwm.models.io import read_model_config
+    from lwm.video.static_drop import check_threshold
     from lwm.video.vqgan import make_encode_fn
     from lwm.video.vqgan_checkpoint import load_vqgan
 
+    if drop_static is not None:
+        check_threshold(drop_static)  # before anything is read
+    overrides = None
+    if kv_dtype is not None:
+        from lwm.cache.quant import check_kv_dtype
+
+        overrides = {"kv_dtype": check_kv_dtype(kv_dtype)}
     cfg = read_model_config(existing_checkpoint(checkpoint), strict=strict)
     check_vision_model(cfg, 0, where=str(checkpoint))
     check_haystack(spec)
@@ -199,6 +223,7 @@ def evaluate_video_needles(
         resolution=vqgan.cfg.resolution,
         tokens_per_frame=vqgan.cfg.tokens_per_frame,
         template=template,
+        drop_static=drop_static,
     )
     lengths = ev.check_lengths(
         lengths, depths, samples, cfg.max_sequence_length, skip_too_long=skip_too_long, warn=warn
@@ -213,7 +238,9 @@ def evaluate_video_needles(
         allow_short=allow_short,
     )
     answer = lazy_answerer(
-        lambda: load_eval_model(checkpoint, mesh_spec=mesh_spec, strict=strict),
+        lambda: load_eval_model(
+            checkpoint, mesh_spec=mesh_spec, strict=strict, overrides=overrides
+        ),
         eos_id=tokenizer.eos_ids,
         prefill_chunk=prefill_chunk,
     )
@@ -230,6 +257,7 @@ def evaluate_video_needles(
         identity={
             "checkpoint": str(pathlib.Path(checkpoint).resolve()),
             "vqgan": str(pathlib.Path(vqgan_checkpoint).resolve()),
+            **({} if kv_dtype is None else {"kv_dtype": kv_dtype}),
         },
         progress=progress,
         overwrite=overwrite,

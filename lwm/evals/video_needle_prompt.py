@@ -5,12 +5,19 @@ The prompt is `<s>{system} USER: <vision>[video]</vision>\\n{question} ASSISTANT
 (`lwm.inference.prompts`); a length's token count is frames x (codes per frame + 1 separator)
 plus the text, and must fit the checkpoint's `max_sequence_length` (else an error, or the length
 is skipped with `skip_too_long`).
+
+With `drop_static` (`--drop-static THRESH`, `lwm.video.static_drop`) the assembled video, needle
+included, goes through the static-frame rule before the prompt is built: the rule sees only codes,
+so the needle stays in the prompt only if it differs enough from the frame kept before it, and a
+sample whose needle was dropped is asked the question all the same (and can only guess).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from lwm.errors import LwmError
 from lwm.evals.needle import Job, grid_jobs
@@ -26,8 +33,10 @@ class VideoPrompt:
     tokens: list[int]
     vision_mask: list[bool]
     needle_token_offset: int
-    """Index in `tokens` of the needle's first code."""
+    """Index in `tokens` of the needle's first code (-1: the static-frame rule dropped it)."""
     vision_tokens: int
+    kept_frames: int
+    """Frames of the video in the prompt (fewer than the sample's with `drop_static`)."""
 
 
 class VideoNeedleEval:
@@ -41,7 +50,12 @@ class VideoNeedleEval:
         resolution: int,
         tokens_per_frame: int,
         template: Template = DEFAULT_TEMPLATE,
+        drop_static: float | None = None,
     ):
+        from lwm.video.static_drop import check_threshold
+
+        self.drop_static = None if drop_static is None else check_threshold(drop_static)
+        """Static-frame threshold applied to each sample's video (None: every frame)."""
         self.spec = spec
         self.tokenizer = tokenizer
         self.resolution = resolution
@@ -54,7 +68,8 @@ class VideoNeedleEval:
         return make_task(self.spec, job, self.resolution)
 
     def prompt_tokens(self, task: VideoNeedleTask) -> int:
-        """Tokens of the sample's whole prompt (video, template text and question)."""
+        """Tokens of the sample's whole prompt (video, template text and question); with
+        `drop_static` an upper bound (every frame kept)."""
         suffix = question_suffix(self.tokenizer, self.template, task.question)
         vision = task.n_frames * (self.tokens_per_frame + 1)
         return self._text_tokens + vision + len(suffix)
@@ -106,10 +121,22 @@ class VideoNeedleEval:
 
     def prompt(self, task: VideoNeedleTask, codes: HaystackCodes) -> VideoPrompt:
         """The sample's prompt tokens and vision mask, assembled from cached codes."""
+        from lwm.video.static_drop import drop_static
         from lwm.video.tokenize import layout_tokens
 
-        vision = layout_tokens(codes.video_codes(task), codes.eof_id, codes.eov_id).tolist()
+        video = codes.video_codes(task)
+        needle_at = task.needle_frame
+        if self.drop_static is not None:
+            kept = drop_static(video, self.drop_static).kept
+            video = video[kept]
+            hit = np.flatnonzero(kept == task.needle_frame)
+            needle_at = int(hit[0]) if len(hit) else -1
+        vision = layout_tokens(video, codes.eof_id, codes.eov_id).tolist()
         tokens, mask = video_prefix(self.tokenizer, self.template, vision)
         suffix = question_suffix(self.tokenizer, self.template, task.question)
-        offset = self._head_tokens + task.needle_frame * (self.tokens_per_frame + 1)
-        return VideoPrompt(tokens + suffix, mask + [False] * len(suffix), offset, len(vision))
+        offset = (
+            -1 if needle_at < 0 else self._head_tokens + needle_at * (self.tokens_per_frame + 1)
+        )
+        return VideoPrompt(
+            tokens + suffix, mask + [False] * len(suffix), offset, len(vision), len(video)
+        )

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lwm.models.config import ModelConfig, to_dtype
+from lwm.dtypes import to_dtype
+from lwm.models.config import ModelConfig, apply_kv_dtype
 
 LWM_TOKENS_PER_FRAME = 257
 """LWM's vision tokens per frame: 16 x 16 codes + one end-of-frame / end-of-video token."""
@@ -57,7 +58,11 @@ class InferencePlan:
     weights: int
     """Per-device parameter bytes."""
     kv_cache: int
-    """Per-device bytes of the keys and values (all layers)."""
+    """Per-device bytes of the keys and values (all layers), scales of an 8-bit cache included."""
+    kv_scales: int
+    """Per-device bytes of those that are the 8-bit cache's scales (0 otherwise)."""
+    kv_dtype: str
+    """Storage dtype of the cached keys and values (`--kv-dtype`, `auto` resolved)."""
     cache_other: int
     """Per-device bytes of the cache's valid mask and positions."""
     prefill: ProgramMemory
@@ -93,9 +98,17 @@ class InferencePlan:
 
 
 def kv_cache_bytes(cfg: ModelConfig, batch: int, capacity: int) -> int:
-    """Total (all devices) bytes of keys + values: 2 x L x B x S x K x H x itemsize."""
-    item = np.dtype(to_dtype(cfg.dtype)).itemsize
-    return 2 * cfg.num_layers * batch * capacity * cfg.num_kv_heads * cfg.head_dim * item
+    """Total (all devices) bytes of keys + values, 2 x L x B x S x K x H x itemsize of the
+    cache's storage dtype (`cfg.kv_dtype`), plus an 8-bit cache's scales."""
+    from lwm.cache import kv_cache
+
+    return kv_cache.kv_cache_bytes(cfg, batch, capacity)
+
+
+def _kv_dtype_name(cfg: ModelConfig) -> str:
+    """`--kv-dtype` of `cfg`, `auto` resolved to the compute dtype (the cache may store bf16
+    and fp8 as their raw bits, so its arrays' dtypes do not say)."""
+    return np.dtype(to_dtype(cfg.dtype)).name if cfg.kv_dtype == "auto" else cfg.kv_dtype
 
 
 def _program(lowered_fn, *args) -> ProgramMemory:
@@ -179,6 +192,7 @@ def plan_inference(
         arr((steps,), jnp.float32),
     )
     leaves = jax.tree.leaves(state)
+    codes = sum(_device_bytes(x) for x in (*cache.ks, *cache.vs))
     return InferencePlan(
         seq_len=seq_len,
         capacity=capacity,
@@ -189,6 +203,8 @@ def plan_inference(
         params=sum(int(np.prod(x.shape)) for x in leaves),
         weights=sum(_device_bytes(x) for x in leaves),
         kv_cache=sum(_device_bytes(x) for x in cache.layer_arrays()),
+        kv_scales=sum(_device_bytes(x) for x in cache.layer_arrays()) - codes,
+        kv_dtype=_kv_dtype_name(cfg),
         cache_other=sum(_device_bytes(x) for x in cache.row_arrays()),
         prefill=prefill,
         decode=decode,
@@ -202,12 +218,14 @@ def format_inference_plan(p: InferencePlan) -> str:
     mesh = ",".join(f"{k}={v}" for k, v in p.mesh.items() if v > 1) or "1 device"
     fits = "" if p.fits is None else (" (fits)" if p.fits else " (DOES NOT FIT)")
     budget = "" if p.memory_per_device is None else f" of {format_bytes(p.memory_per_device)}"
+    scales = f" + scales {format_bytes(p.kv_scales)}" if p.kv_scales else ""
     lines = [
         f"inference plan: {p.seq_len:,} tokens (cache {p.capacity:,} slots, batch {p.batch}) "
         f"on {p.devices} devices ({mesh}), prefill chunk {p.prefill_chunk}",
         f"  params            {p.params:,}",
         f"  weights / device  {format_bytes(p.weights)}",
-        f"  KV cache / device {format_bytes(p.kv_cache)} (+{format_bytes(p.cache_other)} masks)",
+        f"  KV cache / device {format_bytes(p.kv_cache)} ({p.kv_dtype}{scales}) "
+        f"(+{format_bytes(p.cache_other)} masks)",
         f"  prefill chunk     temporaries {format_bytes(p.prefill.temporaries)}, "
         f"compiled in {p.prefill.compile_seconds:.1f}s",
         f"  decode step       temporaries {format_bytes(p.decode.temporaries)}, "
@@ -233,6 +251,7 @@ def run_plan_cli(args) -> int:
     if args.seq_len is None:
         raise LwmError("--inference needs --seq-len N (tokens of prompt + answer)")
     cfg = ModelConfig.from_dict(load_config(args.config, args.config_overrides).model)
+    cfg = apply_kv_dtype(cfg, getattr(args, "kv_dtype", None))
     mesh = parse_mesh(args.mesh) or make_mesh({"sp": jax.device_count()})
     budget = None if args.memory_per_device is None else parse_bytes(args.memory_per_device)
     plan = plan_inference(

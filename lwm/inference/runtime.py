@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from lwm.cache.kv_dtypes import KV_DTYPES
 from lwm.checkpoint.policy import add_strict_arg
 from lwm.errors import LwmError
 
@@ -38,6 +39,7 @@ def add_model_args(p: argparse.ArgumentParser, *, template_help: str | None = No
         help="compute dtype (default: the checkpoint's)",
     )
     p.add_argument("--prefill-chunk", type=int, default=512, help="tokens per prefill step")
+    add_kv_dtype_arg(p)
     p.add_argument(
         "--max-cache-len", type=int, default=None, help="fixed KV-cache capacity (default: auto)"
     )
@@ -56,6 +58,18 @@ def add_model_args(p: argparse.ArgumentParser, *, template_help: str | None = No
         "without --system none is sent and the template may add its own default)",
     )
     add_strict_arg(p)
+
+
+def add_kv_dtype_arg(p: argparse.ArgumentParser) -> None:
+    """`--kv-dtype`: how the KV cache stores keys/values (default: the config's `kv_dtype`)."""
+    p.add_argument(
+        "--kv-dtype",
+        choices=KV_DTYPES,
+        default=None,
+        help="KV-cache storage: auto (the compute dtype), bfloat16, float32, or 8-bit int8 / "
+        "float8_e4m3fn (codes plus a scale per token and kv head: half a bf16 cache) "
+        "(default: the config's model.kv_dtype, auto)",
+    )
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float = 0.0) -> None:
@@ -87,9 +101,12 @@ def parse_mesh(spec: str | None):
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
-    """Config changes requested on the command line: --dtype and `--config.model.FIELD=V`
-    (parsed by the type of the checkpoint's value, as config files are; unknown fields error)."""
-    out = {"dtype": args.dtype} if args.dtype else {}
+    """Config changes requested on the command line: --dtype, --kv-dtype and
+    `--config.model.FIELD=V` (parsed by the type of the checkpoint's value, as config files are;
+    unknown fields error). The flags win over `--config.model.*`."""
+    out = kv_dtype_override(args)
+    if args.dtype:
+        out["dtype"] = args.dtype
     overrides = list(getattr(args, "config_overrides", None) or [])
     if not overrides:
         return out
@@ -106,8 +123,19 @@ def model_overrides(args: argparse.Namespace) -> dict:
     tree = ml_collections.ConfigDict({"model": stored})
     apply_overrides(tree, overrides)
     new = ModelConfig.from_dict(tree.model).to_dict()
-    out.update({k: v for k, v in new.items() if v != stored[k]})
-    return out
+    changed = {k: v for k, v in new.items() if v != stored[k]}
+    return {**changed, **out}
+
+
+def kv_dtype_override(args: argparse.Namespace) -> dict:
+    """`{"kv_dtype": name}` for `--kv-dtype name` (checked: a one-line ConfigError for an
+    unknown name), else `{}`: model overrides for commands that build their model themselves."""
+    name = getattr(args, "kv_dtype", None)
+    if name is None:
+        return {}
+    from lwm.cache.kv_dtypes import check_kv_dtype
+
+    return {"kv_dtype": check_kv_dtype(name)}
 
 
 def load_model_from_args(args: argparse.Namespace):

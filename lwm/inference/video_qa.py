@@ -46,6 +46,31 @@ class VideoContext:
     """The video's vision tokens, kept for layouts that prefill them per question."""
     reserve: int = 1024
     """Cache slots reserved past a per-question prefill (the lwm layout)."""
+    dropped_timestamps: list[float] = dataclasses.field(default_factory=list)
+    """Seconds of the frames `--drop-static` dropped (empty without it)."""
+    drop_static: float | None = None
+    """The `--drop-static` threshold applied, or None."""
+
+    def frame_record(self) -> dict:
+        """Kept and dropped frames as positions in the selected frames and seconds."""
+        kept = [(t, True) for t in self.timestamps]
+        both = sorted(kept + [(t, False) for t in self.dropped_timestamps], key=lambda x: x[0])
+        out = {"kept_indices": [i for i, (_, k) in enumerate(both) if k]}
+        out["kept_timestamps"] = [round(t, 4) for t in self.timestamps]
+        if self.drop_static is not None:
+            out["drop_static"] = self.drop_static
+            out["dropped_indices"] = [i for i, (_, k) in enumerate(both) if not k]
+            out["dropped_timestamps"] = [round(t, 4) for t in self.dropped_timestamps]
+        return out
+
+    def summary(self) -> str:
+        """`"9 frames, 585 vision tokens"` (with the frames --drop-static dropped)."""
+        dropped = ""
+        if self.drop_static is not None:
+            dropped = (
+                f" ({len(self.dropped_timestamps)} dropped by --drop-static {self.drop_static})"
+            )
+        return f"{self.n_frames} frames{dropped}, {self.vision_tokens} vision tokens"
 
 
 def check_vision_model(config, codebook_size: int, where: str = "the checkpoint") -> None:
@@ -66,7 +91,8 @@ def check_vision_model(config, codebook_size: int, where: str = "the checkpoint"
 
 
 class VideoQA:
-    """Video question answering over one `Sampler`, tokenizer and VQGAN."""
+    """Video question answering over one `Sampler`, tokenizer and VQGAN (None: questions about
+    a saved prefix only, `context_from_prefix`; `load` then refuses)."""
 
     def __init__(
         self,
@@ -88,8 +114,8 @@ class VideoQA:
         self.encode_batch = encode_batch
         self.allow_short = allow_short  # a truncated video: warn and repeat its last frame
         cfg = sampler.config
-        check_vision_model(cfg, vqgan.cfg.codebook_size)
-        raw_encode = encode_fn or make_encode_fn(vqgan)
+        check_vision_model(cfg, 0 if vqgan is None else vqgan.cfg.codebook_size)
+        raw_encode = encode_fn or (None if vqgan is None else make_encode_fn(vqgan))
         self.encoded_videos = 0
         self.encoded_frames = 0
         self.encode_calls = 0
@@ -109,10 +135,15 @@ class VideoQA:
         start: float | None = None,
         end: float | None = None,
         reserve: int = 1024,
+        drop_static: float | None = None,
     ) -> VideoContext:
-        """Encodes the video (once) and prefills the shared prefix."""
+        """Encodes the video (once) and prefills the shared prefix. `drop_static`: frames whose
+        VQ codes barely differ from the last kept frame's are dropped after encoding, before
+        the prompt (`lwm.video.static_drop`); their timestamps stay in the context."""
         from lwm.video.tokenize import tokenize_video
 
+        if self.vqgan is None:
+            raise LwmError("VideoQA without a VQGAN answers only from a saved prefix")
         cfg = self.sampler.config
         video = tokenize_video(
             self._encode,
@@ -127,6 +158,7 @@ class VideoQA:
             eov_id=cfg.vision_eov_id,
             lwm_pick=self.template.layout == "lwm",
             allow_short=self.allow_short,
+            drop_static=drop_static,
         )
         self.encoded_videos += 1
         self.encoded_frames += video.n_frames
@@ -135,12 +167,44 @@ class VideoQA:
             tokens, _ = lwm_vision_chat_prompt(self.tokenizer, self.template, "", vision)
             self._check_length(path, video.n_frames, len(tokens))
             return VideoContext(
-                str(path), None, video.n_frames, len(vision), video.timestamps, vision, reserve
+                str(path),
+                None,
+                video.n_frames,
+                len(vision),
+                video.timestamps,
+                vision,
+                reserve,
+                video.dropped_timestamps,
+                video.drop_static,
             )
         tokens, mask = video_prefix(self.tokenizer, self.template, vision)
         self._check_length(path, video.n_frames, len(tokens))
         prefix = self.sampler.prefill(tokens, vision_mask=mask, reserve=reserve)
-        return VideoContext(str(path), prefix, video.n_frames, len(vision), video.timestamps)
+        return VideoContext(
+            str(path),
+            prefix,
+            video.n_frames,
+            len(vision),
+            video.timestamps,
+            dropped_timestamps=video.dropped_timestamps,
+            drop_static=video.drop_static,
+        )
+
+    def context_from_prefix(self, prefix: Prefix, manifest) -> VideoContext:
+        """The context of a saved prefix (`lwm.inference.prefix_store`): the video is neither
+        read nor encoded."""
+        if self.template.layout == "lwm":
+            raise LwmError("a saved prefix cannot be used with --template lwm (question first)")
+        frames = manifest.frames
+        return VideoContext(
+            manifest.video["path"],
+            prefix,
+            len(frames["kept_timestamps"]),
+            manifest.vision_tokens,
+            list(frames["kept_timestamps"]),
+            dropped_timestamps=list(frames.get("dropped_timestamps", [])),
+            drop_static=frames.get("drop_static"),
+        )
 
     def _check_length(self, path, n_frames: int, n_tokens: int) -> None:
         limit = self.sampler.config.max_sequence_length

@@ -46,16 +46,28 @@ class Embedder(nnx.Module):
         self.dtype = dtype
         self.mesh = mesh
 
-    def _lookup(self, table_vd: jax.Array, ids_bt: jax.Array) -> jax.Array:
-        table_vd = with_logical_constraint(table_vd, ("vocab", None), self.mesh)
-        ids_bt = with_logical_constraint(ids_bt, ("batch", "length"), self.mesh)
+    def _lookup(self, table_vd: jax.Array, ids_bt: jax.Array, gather_table: bool) -> jax.Array:
+        if gather_table:
+            table_vd = with_logical_constraint(table_vd, ("vocab", None), self.mesh)
+            ids_bt = with_logical_constraint(ids_bt, ("batch", "length"), self.mesh)
+        else:  # every device looks up its slice of the embedding dimension for all the ids
+            ids_bt = with_logical_constraint(ids_bt, ("batch", None), self.mesh)
         return jnp.take(table_vd, ids_bt, axis=0).astype(self.dtype)
 
-    def __call__(self, tokens_bt: jax.Array, vision_mask_bt: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        tokens_bt: jax.Array,
+        vision_mask_bt: jax.Array | None = None,
+        *,
+        gather_table: bool = True,
+    ) -> jax.Array:
+        """Embeddings `[B, T, D]`. `gather_table=False` looks the ids up in the tables as they
+        are sharded and leaves moving the `[B, T, D]` result to XLA: cheaper for the few tokens
+        of a cached chunk, too costly for a training sequence (see the module docstring)."""
         if self.vision is None or vision_mask_bt is None:
-            return self._lookup(self.text[...], tokens_bt)
+            return self._lookup(self.text[...], tokens_bt, gather_table)
         text_ids = jnp.where(vision_mask_bt, 0, tokens_bt)
         vision_ids = jnp.where(vision_mask_bt, tokens_bt, 0)
-        text_btd = self._lookup(self.text[...], text_ids)
-        vision_btd = self._lookup(self.vision[...], vision_ids)
+        text_btd = self._lookup(self.text[...], text_ids, gather_table)
+        vision_btd = self._lookup(self.vision[...], vision_ids, gather_table)
         return jnp.where(vision_mask_bt[..., None], vision_btd, text_btd)

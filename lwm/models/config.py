@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from lwm.attention import backend_names, make_attention, mesh_sp
 from lwm.attention.config import AttentionConfig
+from lwm.cache.kv_dtypes import check_kv_dtype
 from lwm.config import parse_section
 from lwm.dtypes import to_dtype
 from lwm.errors import ConfigError
@@ -60,6 +61,10 @@ class ModelConfig:
     """Storage dtype of parameters."""
     dtype: str = "float32"
     """Compute dtype of activations and matmuls (softmax and norms accumulate in fp32)."""
+    kv_dtype: str = "auto"
+    """Storage of the KV cache when decoding (`lwm.cache.quant`): `auto` = the compute dtype
+    `dtype`; `bfloat16` / `float32`; `int8` or `float8_e4m3fn` = 8-bit codes plus a scale per
+    (token, kv head) in the compute dtype (half a bf16 cache). Training ignores it."""
     scan_layers: bool = False
     """Stack blocks and run them with a scan (faster compiles for deep models)."""
     remat_policy: RematPolicy = "none"
@@ -108,6 +113,7 @@ class ModelConfig:
             raise ConfigError(f"ffn_chunk_size must be >= 0, got {self.ffn_chunk_size}")
         to_dtype(self.param_dtype)
         to_dtype(self.dtype)
+        check_kv_dtype(self.kv_dtype)
 
     @property
     def has_vision(self) -> bool:
@@ -115,8 +121,11 @@ class ModelConfig:
 
     def check_shapes(self, seq_len: int, mesh: Any = None) -> None:
         """One-line ConfigErrors for sequences of `seq_len` the model cannot run on `mesh` (a
-        Mesh or `{axis: size}`): the attention op's rules, then the blockwise FFN's."""
-        make_attention(self.attention).check(seq_len, mesh)
+        Mesh or `{axis: size}`): the attention op's rules (length, then heads), then the
+        blockwise FFN's."""
+        op = make_attention(self.attention)
+        op.check(seq_len, mesh)
+        op.check_heads(self.num_heads, self.num_kv_heads, mesh)
         check_ffn_chunk(seq_len, mesh_sp(mesh), self.ffn_chunk_size)
 
     @classmethod
@@ -149,3 +158,9 @@ class ModelConfig:
         if isinstance(kw.get("rope_scaling"), Mapping):
             kw["rope_scaling"] = RopeScaling(**kw["rope_scaling"])
         return dataclasses.replace(self, **kw)
+
+
+def apply_kv_dtype(cfg: ModelConfig, kv_dtype: str | None) -> ModelConfig:
+    """`cfg` with the KV-cache storage of `--kv-dtype` (None = keep the config's); an unknown
+    name is a one-line ConfigError."""
+    return cfg if kv_dtype is None else cfg.replace(kv_dtype=check_kv_dtype(kv_dtype))

@@ -28,6 +28,7 @@ from lwm.layers.norms import RMSNorm
 from lwm.layers.params import normal_param
 from lwm.models.block import Block, block_fn
 from lwm.models.config import ModelConfig
+from lwm.models.layer_weights import LayerWeights, gather_axes
 from lwm.models.output import ModelOutput
 from lwm.sharding import logical_to_sharding, with_logical_constraint
 
@@ -127,7 +128,9 @@ class Transformer(nnx.Module):
                 segment_ids_bt = op.to_layout(segment_ids_bt)
             if vision_mask_bt is not None:
                 vision_mask_bt = op.to_layout(vision_mask_bt)
-        x_btd = self.embed(tokens_bt, vision_mask_bt)
+        # A cached chunk is small: look it up in the table as sharded and move the chunk's
+        # activations, not the whole table (training gathers the table, see `Embedder`).
+        x_btd = self.embed(tokens_bt, vision_mask_bt, gather_table=cache is None)
         x_btd = with_logical_constraint(x_btd, ("batch", "length", "act_embed"), self.mesh)
         if cache is not None:
             if cache_slots is None:
@@ -137,10 +140,20 @@ class Transformer(nnx.Module):
                     f"{cache.num_layers} layer caches for {self.config.num_layers} layers"
                 )
             new_layers = []
-            layers = cache.layers(cache_slots)
-            for block, layer_cache in zip(self.layer_blocks(), layers, strict=True):
+            n = self.config.num_layers
+            weights = LayerWeights(
+                self.blocks,
+                scanned=self.config.scan_layers,
+                mesh=self.mesh,
+                axes=gather_axes(x_btd.shape, self.mesh),
+            )
+            block = weights.fetch(0, x_btd)
+            for i, layer_cache in enumerate(cache.layers(cache_slots)):
+                # The next layer's weights are gathered while this one runs, not before.
+                nxt = weights.fetch(i + 1, x_btd) if i + 1 < n else None
                 x_btd, layer_cache = block(x_btd, positions_bt, None, cache=layer_cache)
                 new_layers.append(layer_cache)
+                block = nxt
             cache = cache.advance(new_layers, cache_slots, positions_bt)
             return self.final_norm(x_btd), cache
         fn = block_fn(self.config.remat_policy)

@@ -1,4 +1,11 @@
-"""The device mesh `dp, fsdp, tp, sp`, built once by the entry point and passed down."""
+"""The device mesh `dp, fsdp, tp, sp`, built once by the entry point and passed down.
+
+The `hybrid` attention backend views the same devices with `sp` split in two (`sp_grid`): an outer
+ring axis, still named `sp`, and an inner all-to-all axis `ulysses`, innermost so that an
+all-to-all group is adjacent devices (one node). Entry points keep building `dp, fsdp, tp, sp`
+meshes (the KV cache, decode, the FFN and plans read `sp`); the view places every array exactly as
+the plain mesh does, so moving between the two costs nothing.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ from jax.sharding import Mesh
 from lwm.errors import ConfigError
 
 MESH_AXES = ("dp", "fsdp", "tp", "sp")
+ULYSSES = "ulysses"
+"""The inner (all-to-all) part of `sp` in an `sp_grid` view; sequence parallelism = sp x ulysses."""
 
 
 def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -53,6 +62,27 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     except Exception:  # noqa: BLE001 - topology-aware placement is best effort (CPU, odd shapes)
         grid = np.asarray(devices).reshape(shape)
     return Mesh(grid, MESH_AXES)
+
+
+def sp_grid(mesh: Mesh, ulysses: int) -> Mesh:
+    """`mesh` (axes MESH_AXES) with `sp` split into `sp` = sp / ulysses (the ring, outer) x
+    `ulysses` (the all-to-all group, inner): device `s` of `sp` becomes (s // ulysses,
+    s % ulysses), so a sequence sharded over `sp` is sharded over ("sp", "ulysses") as is."""
+    if ULYSSES in mesh.shape:
+        if mesh.shape[ULYSSES] != ulysses:
+            raise ConfigError(f"mesh has {ULYSSES} = {mesh.shape[ULYSSES]}, expected {ulysses}")
+        return mesh
+    sp = int(mesh.shape.get("sp", 1))
+    if ulysses < 1 or sp % ulysses:
+        raise ConfigError(f"attention.ulysses = {ulysses} does not divide mesh.sp = {sp}")
+    names = tuple(mesh.axis_names)
+    if "sp" not in names:
+        names, grid = names + ("sp",), mesh.devices[..., None]
+    else:
+        grid = np.moveaxis(mesh.devices, names.index("sp"), -1)
+        names = tuple(a for a in names if a != "sp") + ("sp",)
+    grid = grid.reshape(*grid.shape[:-1], sp // ulysses, ulysses)
+    return Mesh(grid, names + (ULYSSES,))
 
 
 def single_device_mesh() -> Mesh:

@@ -3,7 +3,9 @@
 Parameters carry their names as `logical_axes` metadata; activations are constrained with
 `with_logical_constraint`; ring attention derives its shard_map specs from the same names.
 A mesh axis that does not divide a dimension (e.g. 2 KV heads over tp=4) is dropped for that
-array, which then replicates along it.
+array, which then replicates along it. Axes absent from a mesh are skipped: `ulysses` (the inner
+all-to-all part of `sp` in the hybrid backend's view, lwm/sharding/mesh.py `sp_grid`) exists only
+there, so on the `dp, fsdp, tp, sp` meshes everything reads as before.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # activations
     ("batch", ("dp", "fsdp")),
-    ("length", "sp"),
+    ("length", ("sp", "ulysses")),
     ("act_embed", None),
     ("act_heads", "tp"),
     ("act_kv_heads", "tp"),
@@ -26,7 +28,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     # parameters: sharded over fsdp and sp (sequence-parallel devices share parameter memory, as
     # LWM), and over tp for the tensor-parallel dimension.
-    ("embed", ("fsdp", "sp")),
+    ("embed", ("fsdp", "sp", "ulysses")),
     ("heads", "tp"),
     ("kv_heads", "tp"),
     ("mlp", "tp"),

@@ -17,9 +17,10 @@ from typing import Any
 
 import jax
 
-from lwm.errors import ConfigError
+from lwm.errors import ConfigError, LwmError
 from lwm.training import flops as flops_lib
 from lwm.training.config import ResolvedStage
+from lwm.training.hlo_collectives import collective_stats
 from lwm.training.run_spec import RunSpec, check_stage_shapes
 from lwm.training.stages import build_stage, stage_step_fn
 from lwm.training.synthetic_data import synthetic_batch
@@ -93,6 +94,10 @@ class StagePlan:
     compile_seconds: float
     memory_per_device: int | None
     """The budget to check against (bytes), if given."""
+    collectives: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Per collective kind, the bytes one device sends per step, how many ops run and the bytes
+    by element type, read from the compiled HLO (lwm/training/hlo_collectives.py; XLA:CPU sends
+    bf16 as f32)."""
 
     @property
     def fits(self) -> bool | None:
@@ -162,6 +167,13 @@ def _xla_flops(compiled) -> float:
     return float((cost or {}).get("flops", math.nan))
 
 
+def _collectives(compiled) -> dict[str, dict[str, Any]]:
+    try:
+        return collective_stats(compiled.as_text()).to_dict()
+    except LwmError:  # an HLO construct the reader does not know: report no figures
+        return {}
+
+
 def plan_stage(
     spec: RunSpec,
     index: int = 0,
@@ -169,9 +181,11 @@ def plan_stage(
     seq_len: int | None = None,
     batch_size: int | None = None,
     memory_per_device: int | None = None,
+    mesh: dict[str, int] | None = None,
 ) -> StagePlan:
-    """Compiles stage `index`'s train step on abstract inputs and reads its memory and cost."""
-    st, sizes = override_stage(spec, index, seq_len=seq_len, batch_size=batch_size)
+    """Compiles stage `index`'s train step on abstract inputs and reads its memory and cost;
+    `mesh` replaces the stage's mesh sizes."""
+    st, sizes = override_stage(spec, index, seq_len=seq_len, batch_size=batch_size, mesh=mesh)
     ctx = build_stage(spec, index, 0, stage=st, mesh_sizes=sizes)  # as the trainer builds it
     mesh, mdef = ctx.mesh, ctx.mdef
     state = abstract_state(mdef, ctx.optimizer, mesh, ctx.shardings)
@@ -210,6 +224,7 @@ def plan_stage(
         lower_seconds=t1 - t0,
         compile_seconds=t2 - t1,
         memory_per_device=memory_per_device,
+        collectives=_collectives(compiled),
     )
 
 

@@ -111,6 +111,8 @@ def check_stage_shapes(model: ModelConfig, st: ResolvedStage, mesh: Mapping[str,
             f"dp*fsdp = {batch_par}"
         )
     try:  # the attention op owns the sequence rules (sp, layout multiple, chunk sizes)
-        make_attention(model.attention).check(st.seq_len, mesh)
+        op = make_attention(model.attention)
+        op.check(st.seq_len, mesh)
+        op.check_heads(model.num_heads, model.num_kv_heads, mesh)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None

@@ -8,6 +8,10 @@ the end-of-video code (`vision_eov_id`, LWM: 8193) instead. A 16-frame LWM video
 jsonl output: one record per input, written and flushed as soon as that input is done:
     {"vision": [...], "source": "<input path>", "n_frames": F, "tokens_per_frame": h*w,
      "timestamps": [seconds of each frame], ...caption fields...}
+With `--drop-static THRESH` (`lwm.video.static_drop`) a record holds only the kept frames: its
+`vision`, `n_frames` and `timestamps` describe those (so `len(vision) == n_frames *
+(tokens_per_frame + 1)` still holds), and it adds `"dropped_timestamps": [seconds of each dropped
+frame]` and `"drop_static": THRESH`, so an answer about time maps back to the original video.
 
 Caption sidecars (all optional, merged in this order, later wins):
 - `<video stem>.txt` beside the video: its stripped text becomes the field `caption`;
@@ -31,8 +35,20 @@ import numpy as np
 from lwm.errors import LwmError
 from lwm.io import atomic_path
 from lwm.video.reader import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_frames
+from lwm.video.static_drop import check_threshold
+from lwm.video.static_drop import drop_static as apply_static_drop
 
-RESERVED_FIELDS = frozenset({"vision", "source", "n_frames", "tokens_per_frame", "timestamps"})
+RESERVED_FIELDS = frozenset(
+    {
+        "vision",
+        "source",
+        "n_frames",
+        "tokens_per_frame",
+        "timestamps",
+        "dropped_timestamps",
+        "drop_static",
+    }
+)
 
 
 @dataclasses.dataclass
@@ -40,9 +56,13 @@ class TokenizedVideo:
     tokens: np.ndarray
     """int32 [n_frames * (h*w + 1)]: codes with end-of-frame / end-of-video separators."""
     timestamps: list[float]
-    """Seconds of each encoded frame."""
+    """Seconds of each encoded (and kept) frame."""
     tokens_per_frame: int
     """h*w codes per frame (without the separator)."""
+    dropped_timestamps: list[float] = dataclasses.field(default_factory=list)
+    """Seconds of each frame `drop_static` dropped (empty without it)."""
+    drop_static: float | None = None
+    """The `--drop-static` threshold applied, or None."""
 
     @property
     def n_frames(self) -> int:
@@ -92,13 +112,18 @@ def tokenize_video(
     progress: Callable[[int], None] | None = None,
     lwm_pick: bool = False,
     allow_short: bool = False,
+    drop_static: float | None = None,
 ) -> TokenizedVideo:
     """Streams the selected frames of `path` through `encode_fn` (uint8 [B, r, r, 3] -> codes
     [B, h, w], e.g. `make_encode_fn(vqgan)`) in fixed-size batches (the last one padded, so one
     compile serves every video). Memory: one batch of frames plus 4 bytes per output token.
     `lwm_pick`: `frames=N` takes LWM's frame indices (`lwm.video.frame_pick`). `allow_short`:
     a truncated video is a warning, not an error (`--allow-short`, see `read_frames`).
+    `drop_static`: THRESH of `lwm.video.static_drop.drop_static`; only the kept frames' codes
+    and timestamps are returned, the dropped frames' timestamps in `dropped_timestamps`.
     """
+    if drop_static is not None:
+        drop_static = check_threshold(drop_static)
     if batch_size < 1:
         raise LwmError(f"batch_size must be >= 1, got {batch_size}")
     if lwm_pick and frames is not None:
@@ -147,12 +172,21 @@ def tokenize_video(
             progress(n)
     flush(pending)
     codes = np.concatenate(chunks, axis=0)
-    return TokenizedVideo(layout_tokens(codes, eof_id, eov_id), timestamps, codes[0].size)
+    if drop_static is None:
+        return TokenizedVideo(layout_tokens(codes, eof_id, eov_id), timestamps, codes[0].size)
+    rule = apply_static_drop(codes, drop_static)
+    return TokenizedVideo(
+        layout_tokens(codes[rule.kept], eof_id, eov_id),
+        [timestamps[i] for i in rule.kept],
+        codes[0].size,
+        dropped_timestamps=[timestamps[i] for i in rule.dropped],
+        drop_static=drop_static,
+    )
 
 
 def video_to_tokens(vqgan, path: str | pathlib.Path, **kw) -> list[int]:
     """The vision token list (with separators) of a video or image, for prompts. `kw` as
-    `tokenize_video` (frames / fps / start / end / batch_size / eof_id / eov_id)."""
+    `tokenize_video` (frames / fps / start / end / batch_size / eof_id / eov_id / drop_static)."""
     from lwm.video.vqgan import make_encode_fn
 
     check_vocab(vqgan.cfg.codebook_size, kw.get("eof_id", 8192), kw.get("eov_id", 8193))
@@ -239,6 +273,15 @@ def _done_sources(out: pathlib.Path) -> set[str]:
     return done
 
 
+def _drop_fields(tv: TokenizedVideo) -> dict:
+    if tv.drop_static is None:
+        return {}
+    return {
+        "dropped_timestamps": [round(t, 4) for t in tv.dropped_timestamps],
+        "drop_static": tv.drop_static,
+    }
+
+
 @dataclasses.dataclass
 class TokenizeReport:
     written: list[str]
@@ -278,6 +321,8 @@ def tokenize_files(
 
     eof_id, eov_id = select.get("eof_id", 8192), select.get("eov_id", 8193)
     check_vocab(codebook_size, eof_id, eov_id)
+    if select.get("drop_static") is not None:
+        check_threshold(select["drop_static"])  # before `out` is touched
     out = pathlib.Path(out)
     files = expand_inputs(inputs)
     if not files:
@@ -331,6 +376,7 @@ def tokenize_files(
                 "n_frames": tv.n_frames,
                 "tokens_per_frame": tv.tokens_per_frame,
                 "timestamps": [round(t, 4) for t in tv.timestamps],
+                **_drop_fields(tv),
                 **fields,
             }
             f.write(json.dumps(record) + "\n")
