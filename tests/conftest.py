@@ -23,3 +23,33 @@ def llama2_tokenizer_path() -> pathlib.Path:
     if not path.is_file():
         pytest.skip(f"{path} not present (read-only shared data beside the repo)")
     return path
+
+
+# The slowest test files, slowest first. `make test` hands whole files to two workers
+# (`--dist loadfile`) in collection order; started last, a 2-minute file kept one worker busy
+# alone for minutes after the other had finished. Longest first balances the two.
+SLOW_FILES = (
+    "test_start_from_modern.py",
+    "test_real_model.py",
+    "test_kv_quant.py",
+    "test_demo.py",
+    "test_lwm_recipes.py",
+    "test_multiprocess_failure.py",
+    "test_train_resume.py",
+    "test_vqgan_train.py",
+    "test_demo_video.py",
+    "test_attention_hybrid.py",
+    "test_prefix.py",
+    "test_attention_multiprocess.py",
+    "test_sp_cost.py",
+    "test_inference_plan.py",
+    "test_device_check.py",
+    "test_restore_noise.py",
+    "test_train_eval.py",
+    "test_convert_from_gguf.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
