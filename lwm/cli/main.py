@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "kv_dtype", None) is not None:  # before the command touches anything
+            from lwm.cache.kv_dtypes import check_kv_dtype
+
+            check_kv_dtype(args.kv_dtype)
         return int(args.func(args) or 0)
     except LwmError as e:
         print(f"lwm {args.command}: error: {e}", file=sys.stderr)

@@ -62,9 +62,10 @@ def add_model_args(p: argparse.ArgumentParser, *, template_help: str | None = No
 
 def add_kv_dtype_arg(p: argparse.ArgumentParser) -> None:
     """`--kv-dtype`: how the KV cache stores keys/values (default: the config's `kv_dtype`)."""
+    # Checked by `lwm.cli.main` before the command runs (one line, not argparse's usage block).
     p.add_argument(
         "--kv-dtype",
-        choices=KV_DTYPES,
+        metavar="{" + ",".join(KV_DTYPES) + "}",
         default=None,
         help="KV-cache storage: auto (the compute dtype), bfloat16, float32, or 8-bit int8 / "
         "float8_e4m3fn (codes plus a scale per token and kv head: half a bf16 cache) "
