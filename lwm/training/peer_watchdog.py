@@ -10,11 +10,14 @@ instead of a hang or an abort with a C++ stack:
   every `PERIOD_S`; when a peer's counter has not moved for `LWM_PEER_TIMEOUT_S` (default 45 s,
   below jax's own 100 s heartbeat timeout, whose ending is a fatal abort), or the store is gone
   (process 0 hosts it), the watchdog prints one line and exits the process.
-A rerun of every process resumes from the last checkpoint.
+A rerun of every process resumes from the last checkpoint. A process that is exiting normally
+stops its watchdog first (an atexit hook, which runs before jax.distributed's own shutdown):
+otherwise the shutdown's closed store read as a lost coordinator and a finished run exited 3.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -23,6 +26,8 @@ import time
 EXIT_PEER_LOST = 3
 PERIOD_S = 1.0
 _PREFIX = "lwm_alive"
+_EXITING = threading.Event()
+"""Set at normal interpreter exit: the watchdog then ends quietly."""
 
 
 def peer_timeout_s() -> float:
@@ -45,6 +50,8 @@ def start_peer_watchdog(process_id: int, num_processes: int) -> threading.Thread
     if client is None:
         return None
     timeout = peer_timeout_s()
+    # atexit runs last-registered first: this runs before jax.distributed's shutdown hook.
+    atexit.register(_EXITING.set)
 
     def run() -> None:
         beat = 0
@@ -56,6 +63,8 @@ def start_peer_watchdog(process_id: int, num_processes: int) -> threading.Thread
                 client.key_value_set(f"{_PREFIX}/{process_id}", str(beat), allow_overwrite=True)
                 values = dict(client.key_value_dir_get(f"{_PREFIX}/"))
             except Exception as e:  # noqa: BLE001 - the coordinator (process 0) is gone
+                if _EXITING.is_set():
+                    return  # this process is shutting down jax.distributed itself
                 _exit(
                     f"lwm: error: lost the coordinator of this {num_processes}-process job "
                     f"({type(e).__name__}); rerun every process to resume from the last "
@@ -71,7 +80,7 @@ def start_peer_watchdog(process_id: int, num_processes: int) -> threading.Thread
                     last_seen[peer] = (value, now)
                     continue
                 since = now - (seen[1] if seen else started)
-                if since > timeout:
+                if since > timeout and not _EXITING.is_set():
                     _exit(
                         f"lwm: error: process {peer} of {num_processes} stopped responding "
                         f"({since:.0f}s without a heartbeat); rerun every process to resume "
