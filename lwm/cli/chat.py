@@ -151,7 +151,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_video(args: argparse.Namespace):
+def open_video_qa(args: argparse.Namespace):
+    """(tokenizer, `VideoQA`, model) for `lwm chat` / `lwm prefill`: the checkpoint, tokenizer,
+    template, VQGAN and sampler their flags name; a text-only checkpoint fails before any weights
+    are read."""
     from lwm.inference.runtime import (
         load_model_from_args,
         load_template,
@@ -162,7 +165,6 @@ def _open_video(args: argparse.Namespace):
     from lwm.models.io import read_model_config
     from lwm.video.vqgan_checkpoint import load_vqgan
 
-    # Cheap checks first: a text-only checkpoint fails before any weights are read.
     cfg = read_model_config(args.checkpoint, strict=args.strict)
     check_vision_model(cfg, 0, where=str(args.checkpoint))
     tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
@@ -177,6 +179,11 @@ def _open_video(args: argparse.Namespace):
         encode_batch=args.encode_batch,
         allow_short=args.allow_short,
     )
+    return tokenizer, qa, model
+
+
+def _open_video(args: argparse.Namespace):
+    tokenizer, qa, _ = open_video_qa(args)
     t0 = time.perf_counter()
     ctx = qa.load(
         args.video,

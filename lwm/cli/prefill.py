@@ -76,31 +76,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _prefill(args: argparse.Namespace, root: pathlib.Path) -> None:
+    from lwm.cli.chat import open_video_qa
     from lwm.inference.prefix_store import make_manifest, save_prefix
-    from lwm.inference.runtime import (
-        load_model_from_args,
-        load_template,
-        load_tokenizer,
-        make_sampler,
-    )
-    from lwm.inference.video_qa import VideoQA, check_vision_model
-    from lwm.models.io import read_model_config
-    from lwm.video.vqgan_checkpoint import load_vqgan
 
-    cfg = read_model_config(args.checkpoint, strict=args.strict)
-    check_vision_model(cfg, 0, where=str(args.checkpoint))
-    tokenizer = load_tokenizer(args.tokenizer, args.checkpoint)
-    template = load_template(args, tokenizer)
-    vqgan = load_vqgan(args.vqgan)
-    model, mesh = load_model_from_args(args)
-    qa = VideoQA(
-        make_sampler(model, mesh, args),
-        tokenizer,
-        vqgan,
-        template=template,
-        encode_batch=args.encode_batch,
-        allow_short=args.allow_short,
-    )
+    tokenizer, qa, model = open_video_qa(args)
     t0 = time.perf_counter()
     selection = {"frames": args.frames, "fps": selected_fps(args)}
     selection.update(start=args.start, end=args.end)
@@ -110,12 +89,12 @@ def _prefill(args: argparse.Namespace, root: pathlib.Path) -> None:
         ctx,
         model=model,
         tokenizer=tokenizer,
-        template=template,
+        template=qa.template,
         template_name=args.template,
         system=args.system,
         checkpoint=args.checkpoint,
         selection=selection,
-        mesh=mesh,
+        mesh=qa.sampler.mesh,
     )
     t1 = time.perf_counter()
     save_prefix(root, ctx.prefix, manifest)
